@@ -1,0 +1,26 @@
+"""Everything the API process wires once at start-up and routes reach through `deps`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.api.auth import TokenVerifier
+from app.api.rate_limit import RateLimiter
+from app.settings import Settings
+from app.tenants.service import TenantRegistry
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    database_url: str
+    redis_url: str
+    engine: AsyncEngine
+    session_factory: async_sessionmaker[AsyncSession]
+    redis: Redis
+    rate_limiter: RateLimiter
+    token_verifier: TokenVerifier
+    tenants: TenantRegistry

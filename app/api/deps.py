@@ -1,0 +1,105 @@
+"""FastAPI dependencies, exposed as `Annotated` aliases that read as nouns.
+
+The transaction boundary is here: `DbSession` commits once when the route returns and rolls
+back on any error, so a failed request leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.auth import Principal, Role
+from app.api.context import AppContext
+from app.errors import Forbidden, Unauthorized
+from app.settings import Settings
+from app.tenants.scoping import TenantScope
+
+
+def get_context(request: Request) -> AppContext:
+    context: AppContext = request.app.state.context
+    return context
+
+
+Context = Annotated[AppContext, Depends(get_context)]
+
+
+def get_settings(context: Context) -> Settings:
+    return context.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_db(context: Context) -> AsyncIterator[AsyncSession]:
+    async with context.session_factory() as db:
+        try:
+            yield db
+        except BaseException:
+            await db.rollback()
+            raise
+        await db.commit()
+        for callback in db.info.pop("after_commit", []):
+            callback()
+
+
+DbSession = Annotated[AsyncSession, Depends(get_db)]
+
+
+def _bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("missing Authorization header (expected `Bearer <JWT>`)")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization header must be `Bearer <JWT>`")
+    return token.strip()
+
+
+async def get_principal(
+    request: Request, response: Response, context: Context, db: DbSession
+) -> Principal:
+    """The authenticated caller: token verified, rate limits counted, tenant ensured."""
+    token = _bearer_token(request)
+    if context.token_verifier.needs_network:
+        from anyio import to_thread
+
+        principal = await to_thread.run_sync(context.token_verifier.verify, token)
+    else:
+        principal = context.token_verifier.verify(token)
+    if context.rate_limiter.enabled:
+        state = await context.rate_limiter.check(principal.tenant, principal.sub)
+        response.headers.update(state.headers())
+    await context.tenants.ensure(db, principal.tenant)
+    db.info.setdefault("after_commit", []).append(
+        lambda: context.tenants.remember(principal.tenant)
+    )
+    request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require_role(role: Role) -> Callable[[Principal], Principal]:
+    def check(principal: CurrentPrincipal) -> Principal:
+        if not principal.has_role(role):
+            raise Forbidden(f"this action needs the `{role.value}` role")
+        return principal
+
+    return check
+
+
+ClientPrincipal = Annotated[Principal, Depends(require_role(Role.CLIENT))]
+ReviewerPrincipal = Annotated[Principal, Depends(require_role(Role.REVIEWER))]
+AdminPrincipal = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+
+
+def get_tenant_scope(principal: CurrentPrincipal, db: DbSession) -> TenantScope:
+    return TenantScope(db, principal.tenant)
+
+
+Scope = Annotated[TenantScope, Depends(get_tenant_scope)]

@@ -1,0 +1,176 @@
+"""`agent-platform`: serve | migrate | token | services.
+
+Every command reads the same settings; with DATABASE_URL / REDIS_URL unset, every command
+attaches to (or starts) the same embedded daemons under `EMBEDDED_DATA_DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from app.settings import Settings, get_settings
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"agent-platform: {message}", file=sys.stderr)
+    return code
+
+
+def _database_revision(settings: Settings, database_url: str) -> str | None:
+    from app.db.engine import create_engine
+    from app.db.migrations import current_revision
+
+    async def read() -> str | None:
+        engine = create_engine(settings.database, database_url)
+        try:
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from app.db.migrations import downgrade, head_revision, upgrade
+    from app.embedded import resolve_database_url
+
+    url = resolve_database_url(settings)
+    if args.revision.startswith("-") or args.downgrade:
+        downgrade(settings.migrations_dir, url, args.revision)
+    else:
+        upgrade(settings.migrations_dir, url, args.revision)
+    current = _database_revision(settings, url)
+    print(f"database at revision {current} (head {head_revision(settings.migrations_dir)})")
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.db.migrations import head_revision, upgrade
+    from app.embedded import resolve_database_url, resolve_redis_url
+    from app.main import build_context, create_app
+
+    database_url = resolve_database_url(settings)
+    redis_url = resolve_redis_url(settings)
+    head = head_revision(settings.migrations_dir)
+    current = _database_revision(settings, database_url)
+    if current != head:
+        if not args.migrate:
+            return _fail(
+                f"the database is at revision {current or '(empty)'} but this code needs {head}."
+                " Run `agent-platform migrate` first (or start with `agent-platform serve"
+                " --migrate`)."
+            )
+        upgrade(settings.migrations_dir, database_url)
+    context = build_context(settings, database_url=database_url, redis_url=redis_url)
+    app = create_app(settings, context=context)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from app.api.auth import Role, mint_token
+
+    roles = [role.strip() for role in args.roles.split(",") if role.strip()]
+    known = {role.value for role in Role}
+    if unknown := [role for role in roles if role not in known]:
+        return _fail(f"unknown roles {unknown}; choose from {sorted(known)}")
+    ttl = args.ttl or settings.auth.dev_token_ttl_seconds
+    print(mint_token(settings.auth, tenant=args.tenant, sub=args.sub, roles=roles, ttl_seconds=ttl))
+    return 0
+
+
+def cmd_services(settings: Settings, args: argparse.Namespace) -> int:
+    from app.embedded import EmbeddedServiceError, embedded_services
+
+    postgres, redis = embedded_services(
+        settings.embedded.data_dir,
+        max_connections=settings.embedded.postgres_max_connections,
+        timeout=settings.embedded.start_timeout_seconds,
+    )
+    try:
+        if args.action == "start":
+            postgres.ensure_running()
+            redis.ensure_running()
+        elif args.action == "stop":
+            for service in (redis, postgres):
+                stopped = service.stop()
+                print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
+            return 0
+    except EmbeddedServiceError as exc:
+        return _fail(str(exc), 1)
+    statuses = [postgres.status(), redis.status()]
+    if args.json:
+        print(json.dumps([status.as_dict() for status in statuses], indent=2))
+    else:
+        for status in statuses:
+            state = f"running (pid {status.pid})" if status.running else "stopped"
+            print(f"{status.name:9} {state:22} port {status.port}  socket {status.socket}")
+            print(f"{'':9} log {status.log_file}")
+    if not settings.uses_embedded_postgres or not settings.uses_embedded_redis:
+        print("note: DATABASE_URL or REDIS_URL is set; the server does not use these daemons")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agent-platform", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--migrate", action="store_true", help="upgrade the database first if it is behind"
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema (Alembic)")
+    migrate.add_argument("revision", nargs="?", default="head")
+    migrate.add_argument("--downgrade", action="store_true", help="downgrade to REVISION")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    token = commands.add_parser("token", help="print a development JWT")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--sub", required=True)
+    token.add_argument("--roles", default="client", help="comma-separated: client,reviewer,admin")
+    token.add_argument("--ttl", type=int, default=None, help="seconds (default from settings)")
+    token.set_defaults(handler=cmd_token)
+
+    services = commands.add_parser("services", help="the embedded PostgreSQL and Valkey")
+    services.add_argument("action", choices=["status", "start", "stop"])
+    services.add_argument("--json", action="store_true")
+    services.set_defaults(handler=cmd_services)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        return _fail(f"invalid settings:\n{exc}")
+    from app.observability.logging import configure_logging
+
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    result: int = args.handler(settings, args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The one place the API process is wired: `create_app(settings)` and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.auth import TokenVerifier
+from app.api.context import AppContext
+from app.api.middleware import RequestContextMiddleware
+from app.api.problems import install_problem_handlers
+from app.api.rate_limit import RateLimiter
+from app.api.routes import health, me
+from app.db.engine import create_engine, create_session_factory
+from app.embedded import resolve_database_url, resolve_redis_url
+from app.redis_client import create_redis
+from app.settings import Settings, get_settings
+from app.tenants.service import TenantRegistry
+
+API_DESCRIPTION = """\
+Runs LLM agents for product backends, durably and safely. Authenticate with
+`Authorization: Bearer <JWT>` (claims `sub`, `tenant`, `roles`); errors are
+`application/problem+json`.
+"""
+
+
+def build_context(
+    settings: Settings, *, database_url: str | None = None, redis_url: str | None = None
+) -> AppContext:
+    database_url = database_url or resolve_database_url(settings)
+    redis_url = redis_url or resolve_redis_url(settings)
+    engine = create_engine(settings.database, database_url)
+    return AppContext(
+        settings=settings,
+        database_url=database_url,
+        redis_url=redis_url,
+        engine=engine,
+        session_factory=create_session_factory(engine),
+        redis=create_redis(settings.redis, redis_url),
+        rate_limiter=RateLimiter(settings.rate_limit, settings.redis, redis_url),
+        token_verifier=TokenVerifier(settings.auth),
+        tenants=TenantRegistry(settings.tenant_defaults),
+    )
+
+
+async def close_context(context: AppContext) -> None:
+    await context.rate_limiter.close()
+    await context.redis.aclose()
+    await context.engine.dispose()
+
+
+def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    context = context or build_context(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await close_context(context)
+
+    app = FastAPI(
+        title="Agent Platform",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.context = context
+    install_problem_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.api.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(me.router)
+    return app

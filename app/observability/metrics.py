@@ -1,0 +1,33 @@
+"""Every Prometheus metric the platform exports, declared once, with bounded labels
+(route templates, tool and agent names, statuses — never a session, user or tenant id)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "agent_http_requests_total",
+    "HTTP requests by route template, method and status code",
+    ["route", "method", "status"],
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "agent_http_request_seconds",
+    "HTTP request latency by route template",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RATE_LIMITED = Counter(
+    "agent_rate_limited_requests_total",
+    "Requests refused with 429, by which limit refused them",
+    ["limit"],
+)
+REDIS_FALLBACKS = Counter(
+    "agent_redis_fallback_total",
+    "Times a Redis-backed feature used its declared fallback because Redis failed or stalled",
+    ["feature"],
+)
+DEPENDENCY_UP = Gauge(
+    "agent_dependency_up",
+    "1 if the last readiness check reached the dependency, else 0",
+    ["dependency"],
+)

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, created_at_column
+
+SESSION_STATUSES = (
+    "queued",
+    "running",
+    "awaiting_approval",
+    "awaiting_input",
+    "completed",
+    "failed",
+    "cancelled",
+    "timed_out",
+)
+
+
+class Session(Base):
+    """One agent (or workflow) run. The sessions table is the work queue: workers claim
+    `queued` rows with SKIP LOCKED and own them through the lease columns."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN (" + ", ".join(f"'{s}'" for s in SESSION_STATUSES) + ")",
+            name="status_valid",
+        ),
+        # The claim query walks this index: queued sessions by priority, then age.
+        Index(
+            "ix_sessions_claimable",
+            text("priority DESC"),
+            "run_after",
+            "created_at",
+            postgresql_where=text("status = 'queued'"),
+        ),
+        Index(
+            "ix_sessions_lease_expiry",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index("ix_sessions_tenant_id_created_at", "tenant_id", "created_at"),
+        Index("ix_sessions_parent_id", "parent_id", postgresql_where=text("parent_id IS NOT NULL")),
+    )
+
+    session_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("tenants.tenant_id", ondelete="CASCADE"), nullable=False
+    )
+    agent_id: Mapped[str | None] = mapped_column(String(40), ForeignKey("agents.agent_id"))
+    agent_name: Mapped[str | None] = mapped_column(String(128))
+    agent_version: Mapped[int | None] = mapped_column(Integer)
+    workflow_name: Mapped[str | None] = mapped_column(String(128))
+    parent_id: Mapped[str | None] = mapped_column(
+        String(40), ForeignKey("sessions.session_id", ondelete="CASCADE")
+    )
+    status: Mapped[str] = mapped_column(String(32), nullable=False, server_default="queued")
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    input: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    session_metadata: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", nullable=False, server_default=text("'{}'::jsonb")
+    )
+    result: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column()
+    turns: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6), nullable=False, server_default="0")
+    subject: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(Text)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    trace_id: Mapped[str | None] = mapped_column(String(32))
+    # Lease: who runs it, until when, and a fencing epoch bumped on every claim.
+    worker_id: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    lease_epoch: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    run_after: Mapped[datetime] = mapped_column(server_default=func.now(), nullable=False)
+    deadline_at: Mapped[datetime | None] = mapped_column()
+    cancel_requested_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class SessionEvent(Base):
+    """An append-only record of something that happened in a session. `event_id` increases
+    globally (so it is the SSE id); `seq` numbers a session's events without gaps."""
+
+    __tablename__ = "session_events"
+    __table_args__ = (UniqueConstraint("session_id", "seq"),)
+
+    event_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("sessions.session_id", ondelete="CASCADE"), nullable=False
+    )
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    type: Mapped[str] = mapped_column(String(64), nullable=False)
+    data: Mapped[dict[str, Any]] = mapped_column(nullable=False)
+    created_at: Mapped[datetime] = created_at_column()

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, created_at_column
+
+
+class Tenant(Base):
+    """A customer of the platform, known by the JWT `tenant` claim; created on first use."""
+
+    __tablename__ = "tenants"
+
+    tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    max_running_sessions: Mapped[int] = mapped_column(Integer, nullable=False)
+    rate_limit: Mapped[str | None] = mapped_column(String(64))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = created_at_column()
