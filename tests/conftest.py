@@ -28,6 +28,8 @@ from app.embedded import resolve_database_url, resolve_redis_url
 from app.main import build_context, close_context, create_app
 from app.settings import AuthSettings, Environment, Settings
 
+pytest_plugins = ["tests.fixtures_redis"]
+
 TEST_JWT_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

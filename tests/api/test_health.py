@@ -1,0 +1,52 @@
+"""Liveness, readiness (naming what is down) and the metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from app.main import create_app
+from tests.conftest import client_for, make_settings
+from tests.fixtures_redis import DedicatedRedis
+
+
+async def test_healthz_and_readyz_when_all_is_well(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "migrations": "ok", "redis": "ok"}
+
+
+async def test_metrics_exposition(client: httpx.AsyncClient) -> None:
+    await client.get("/healthz")
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert 'agent_http_requests_total{method="GET",route="/healthz",status="200"}' in response.text
+
+
+async def test_readyz_names_redis_when_down_and_recovers(
+    context_factory: Any, dedicated_redis: DedicatedRedis
+) -> None:
+    settings = make_settings()
+    app = create_app(settings, context=context_factory(settings, redis_url=dedicated_redis.url))
+    async with client_for(app) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        dedicated_redis.stop()
+        down = await http.get("/readyz")
+        assert down.status_code == 503
+        assert down.headers["content-type"] == "application/problem+json"
+        body = down.json()
+        assert "redis" in body["detail"]
+        assert body["checks"]["redis"].startswith("down")
+        assert body["checks"]["database"] == "ok"
+        dedicated_redis.start()
+        recovered: httpx.Response | None = None
+        for _ in range(20):
+            recovered = await http.get("/readyz")
+            if recovered.status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert recovered is not None and recovered.status_code == 200
