@@ -12,7 +12,7 @@ from app.api.context import AppContext
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_problem_handlers
 from app.api.rate_limit import RateLimiter
-from app.api.routes import health, me
+from app.api.routes import health, me, tools
 from app.db.engine import create_engine, create_session_factory
 from app.embedded import resolve_database_url, resolve_redis_url
 from app.redis_client import create_redis
@@ -71,4 +71,5 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.api.max_body_bytes)
     app.include_router(health.router)
     app.include_router(me.router)
+    app.include_router(tools.router)
     return app
