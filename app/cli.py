@@ -1,4 +1,4 @@
-"""`agent-platform`: serve | migrate | token | services.
+"""`agent-platform`: serve | worker | migrate | token | services.
 
 Every command reads the same settings; with DATABASE_URL / REDIS_URL unset, every command
 attaches to (or starts) the same embedded daemons under `EMBEDDED_DATA_DIR`.
@@ -53,24 +53,15 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.db.migrations import head_revision, upgrade
     from app.embedded import resolve_database_url, resolve_redis_url
     from app.main import build_context, create_app
 
     database_url = resolve_database_url(settings)
     redis_url = resolve_redis_url(settings)
-    head = head_revision(settings.migrations_dir)
-    current = _database_revision(settings, database_url)
-    if current != head:
-        if not args.migrate:
-            return _fail(
-                f"the database is at revision {current or '(empty)'} but this code needs {head}."
-                " Run `agent-platform migrate` first (or start with `agent-platform serve"
-                " --migrate`)."
-            )
-        upgrade(settings.migrations_dir, database_url)
+    if problem := _ensure_migrated(settings, database_url, args.migrate):
+        return _fail(problem)
     context = build_context(settings, database_url=database_url, redis_url=redis_url)
-    app = create_app(settings, context=context)
+    app = create_app(settings, context=context, workers=args.workers)
     uvicorn.run(
         app,
         host=args.host,
@@ -81,6 +72,36 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         http="httptools",
         timeout_graceful_shutdown=30,
     )
+    return 0
+
+
+def _ensure_migrated(settings: Settings, database_url: str, migrate: bool) -> str | None:
+    """None if the database is at head (after migrating, when asked); else the error."""
+    from app.db.migrations import head_revision, upgrade
+
+    head = head_revision(settings.migrations_dir)
+    current = _database_revision(settings, database_url)
+    if current == head:
+        return None
+    if migrate:
+        upgrade(settings.migrations_dir, database_url)
+        return None
+    return (
+        f"the database is at revision {current or '(empty)'} but this code needs {head}."
+        " Run `agent-platform migrate` first (or pass --migrate)."
+    )
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    import uvloop
+
+    from app.embedded import resolve_database_url
+    from app.worker_main import run_worker
+
+    database_url = resolve_database_url(settings)
+    if problem := _ensure_migrated(settings, database_url, args.migrate):
+        return _fail(problem)
+    uvloop.run(run_worker(settings, database_url, args.concurrency))
     return 0
 
 
@@ -138,7 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--migrate", action="store_true", help="upgrade the database first if it is behind"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="worker slots run inside the API process (0: the API alone)",
+    )
     serve.set_defaults(handler=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run a worker pool (scale out: start more)")
+    worker.add_argument("--concurrency", type=int, default=16, help="sessions run at once")
+    worker.add_argument("--migrate", action="store_true", help="upgrade the database first")
+    worker.set_defaults(handler=cmd_worker)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema (Alembic)")
     migrate.add_argument("revision", nargs="?", default="head")

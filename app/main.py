@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.agents import service as agents_service
 from app.api.auth import TokenVerifier
 from app.api.context import AppContext
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_problem_handlers
 from app.api.rate_limit import RateLimiter
-from app.api.routes import health, me, tools
+from app.api.routes import agents, health, me, sessions, tools
 from app.db.engine import create_engine, create_session_factory
 from app.embedded import resolve_database_url, resolve_redis_url
+from app.llm.providers import ModelResolver
 from app.redis_client import create_redis
+from app.runtime.worker import WorkerPool
 from app.settings import Settings, get_settings
 from app.tenants.service import TenantRegistry
+from app.tools.registry import ToolRegistry
 
 API_DESCRIPTION = """\
 Runs LLM agents for product backends, durably and safely. Authenticate with
@@ -42,6 +47,8 @@ def build_context(
         rate_limiter=RateLimiter(settings.rate_limit, settings.redis, redis_url),
         token_verifier=TokenVerifier(settings.auth),
         tenants=TenantRegistry(settings.tenant_defaults),
+        tools=ToolRegistry(),
+        models=ModelResolver(),
     )
 
 
@@ -51,14 +58,37 @@ async def close_context(context: AppContext) -> None:
     await context.engine.dispose()
 
 
-def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, context: AppContext | None = None, workers: int = 0
+) -> FastAPI:
+    """The API app. With `workers` > 0 its lifespan also runs a worker pool of that many
+    slots in this process (`serve --workers N`)."""
     settings = settings or get_settings()
     context = context or build_context(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await close_context(context)
+        async with context.session_factory.begin() as db:
+            await agents_service.load_yaml_agents(db, context.tools, settings.agents_dir)
+        stop = asyncio.Event()
+        pool_task: asyncio.Task[None] | None = None
+        if workers > 0:
+            pool = WorkerPool(
+                settings.runtime,
+                context.database_url,
+                concurrency=workers,
+                session_factory=context.session_factory,
+                models=context.models,
+                tools=context.tools,
+            )
+            pool_task = asyncio.create_task(pool.run(stop), name="in-process-worker-pool")
+        try:
+            yield
+        finally:
+            stop.set()
+            if pool_task is not None:
+                await pool_task
+            await close_context(context)
 
     app = FastAPI(
         title="Agent Platform",
@@ -71,5 +101,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.api.max_body_bytes)
     app.include_router(health.router)
     app.include_router(me.router)
+    app.include_router(agents.router)
+    app.include_router(sessions.router)
     app.include_router(tools.router)
     return app

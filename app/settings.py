@@ -130,6 +130,33 @@ class TenantDefaults(BaseSettings):
     )
 
 
+class RuntimeSettings(BaseSettings):
+    model_config = _group("RUNTIME_")
+
+    lease_ttl_seconds: float = Field(
+        default=15.0,
+        ge=1,
+        le=300,
+        description="A crashed worker's session is taken over after this",
+    )
+    heartbeat_interval_seconds: float = Field(default=5.0, gt=0, le=100)
+    reaper_interval_seconds: float = Field(default=5.0, gt=0, le=300)
+    poll_interval_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="Safety-net poll; wake-ups are pushed (LISTEN/NOTIFY)"
+    )
+    shutdown_grace_seconds: float = Field(
+        default=20.0, ge=0, le=600, description="On SIGTERM, time for in-flight steps to finish"
+    )
+    crash_at: str | None = Field(
+        default=None,
+        description="Fault injection for crash tests: kill the worker at this point "
+        "(before_tool|after_tool_effect|after_tool_record[:tool]); refused in production",
+    )
+    crash_once_file: Path | None = Field(
+        default=None, description="With crash_at: fire only if this file does not exist yet"
+    )
+
+
 class Settings(BaseSettings):
     """The root of all settings. Build once per process with :func:`get_settings`."""
 
@@ -143,6 +170,9 @@ class Settings(BaseSettings):
         description="Hosts, IPs or CIDRs that outbound calls may reach even if private",
     )
     migrations_dir: Path = Field(default=PROJECT_ROOT / "migrations")
+    agents_dir: Path = Field(
+        default=PROJECT_ROOT / "agents", description="YAML agent definitions loaded at start-up"
+    )
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
@@ -151,6 +181,7 @@ class Settings(BaseSettings):
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     tenant_defaults: TenantDefaults = Field(default_factory=TenantDefaults)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
     @field_validator("outbound_allowlist", mode="before")
     @classmethod
@@ -169,6 +200,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
+        if self.runtime.crash_at and self.environment is Environment.PRODUCTION:
+            raise ValueError("RUNTIME_CRASH_AT is fault injection for tests; refused in production")
         if self.environment is Environment.DEVELOPMENT:
             return self
         if self.auth.jwt_algorithm == "HS256":

@@ -9,8 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.api.auth import TokenVerifier
 from app.api.rate_limit import RateLimiter
+from app.llm.providers import ModelResolver
 from app.settings import Settings
 from app.tenants.service import TenantRegistry
+from app.tools.registry import ToolRegistry
 
 
 @dataclass
@@ -24,3 +26,5 @@ class AppContext:
     rate_limiter: RateLimiter
     token_verifier: TokenVerifier
     tenants: TenantRegistry
+    tools: ToolRegistry
+    models: ModelResolver

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -31,3 +32,12 @@ def create_engine(settings: DatabaseSettings, url: str) -> AsyncEngine:
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def driver_connection(db: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under `db`'s current transaction, for statements written for
+    asyncpg (app.sessions.transitions) that must commit or roll back with the request."""
+    connection = await db.connection()
+    raw = await connection.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection
+    return driver

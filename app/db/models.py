@@ -8,6 +8,7 @@ from app.memory import models as memory_models
 from app.observability import models as observability_models
 from app.sessions import models as sessions_models
 from app.tenants import models as tenants_models
+from app.tools import demo_models
 from app.tools import models as tools_models
 from app.webhooks import models as webhooks_models
 
@@ -15,6 +16,7 @@ __all__ = [
     "Base",
     "agents_models",
     "api_models",
+    "demo_models",
     "hitl_models",
     "memory_models",
     "observability_models",

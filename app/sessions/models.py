@@ -82,6 +82,9 @@ class Session(Base):
     result: Mapped[Any] = mapped_column(JSONB, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column()
     turns: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    # The last `seq` given to an event of this session; bumped by the fenced write that
+    # appends the event, so numbering and fencing are one atomic statement.
+    event_seq: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6), nullable=False, server_default="0")

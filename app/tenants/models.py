@@ -15,6 +15,9 @@ class Tenant(Base):
 
     tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     max_running_sessions: Mapped[int] = mapped_column(Integer, nullable=False)
+    # Sessions of this tenant in `running`; changed only with a session's status, in the
+    # same statement (app.sessions.transitions), so it cannot drift.
+    running_sessions: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     rate_limit: Mapped[str | None] = mapped_column(String(64))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_secret: Mapped[str | None] = mapped_column(Text)

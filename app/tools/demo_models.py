@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, Numeric, String, Text
+from sqlalchemy import ForeignKey, Index, Numeric, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, created_at_column
@@ -24,6 +24,7 @@ class DemoOrder(Base):
 
 class DemoRefund(Base):
     __tablename__ = "demo_refunds"
+    __table_args__ = (Index("ix_demo_refunds_session_id", "session_id"),)
 
     refund_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     order_id: Mapped[str] = mapped_column(

@@ -30,7 +30,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from app.tools.spec import ToolContext, ToolInputError, ToolSpec, TransientToolError
+from app.tools.spec import (
+    ToolContext,
+    ToolInputError,
+    ToolOutcomeUnknown,
+    ToolSpec,
+    TransientToolError,
+)
 
 OutcomeStatus = Literal["succeeded", "failed", "unknown"]
 
@@ -60,7 +66,9 @@ def validate_arguments(spec: ToolSpec, arguments: Any) -> dict[str, Any]:
         raise ToolInputError("tool input must be a JSON object")
     if spec.input_model is not None:
         try:
-            validated: dict[str, Any] = spec.input_model.model_validate(arguments).model_dump(mode="json")
+            validated: dict[str, Any] = spec.input_model.model_validate(arguments).model_dump(
+                mode="json"
+            )
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in error['loc']) or '(input)'}: {error['msg']}"
@@ -78,7 +86,11 @@ def validate_arguments(spec: ToolSpec, arguments: Any) -> dict[str, Any]:
 
 def render_for_model(spec: ToolSpec, result: Any) -> tuple[str, bool]:
     """JSON text of the result, capped at the tool's output size, wrapped as untrusted data."""
-    text = result if isinstance(result, str) else json.dumps(result, default=str, separators=(",", ":"))
+    text = (
+        result
+        if isinstance(result, str)
+        else json.dumps(result, default=str, separators=(",", ":"))
+    )
     truncated = len(text.encode()) > spec.max_output_bytes
     if truncated:
         text = text.encode()[: spec.max_output_bytes].decode(errors="ignore") + " …[truncated]"
@@ -108,23 +120,45 @@ async def execute(spec: ToolSpec, arguments: dict[str, Any], context: ToolContex
     started = time.perf_counter()
     attempts = 0
 
-    def outcome(status: OutcomeStatus, content: str, result: Any = None, error: str | None = None, truncated: bool = False) -> ToolOutcome:
-        return ToolOutcome(status, content, result, error, attempts, (time.perf_counter() - started) * 1000, truncated)
+    def outcome(
+        status: OutcomeStatus,
+        content: str,
+        result: Any = None,
+        error: str | None = None,
+        truncated: bool = False,
+    ) -> ToolOutcome:
+        return ToolOutcome(
+            status,
+            content,
+            result,
+            error,
+            attempts,
+            (time.perf_counter() - started) * 1000,
+            truncated,
+        )
 
-    retryable: tuple[type[BaseException], ...] = (TransientToolError, _Timeout) if spec.idempotent else ()
+    retryable: tuple[type[BaseException], ...] = (
+        (TransientToolError, _Timeout) if spec.idempotent else ()
+    )
     try:
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(spec.retry.max_attempts if spec.idempotent else 1),
-            wait=wait_exponential_jitter(initial=spec.retry.base_delay_seconds, max=spec.retry.max_delay_seconds),
+            wait=wait_exponential_jitter(
+                multiplier=spec.retry.base_delay_seconds,
+                max=spec.retry.max_delay_seconds,
+                jitter=spec.retry.base_delay_seconds,
+            ),
             retry=retry_if_exception_type(retryable),
             reraise=True,
         ):
             with attempt:
                 attempts += 1
                 result = await _call_once(spec, arguments, context)
-    except _Timeout as exc:
+    except (_Timeout, ToolOutcomeUnknown) as exc:
         if spec.idempotent:
-            return outcome("failed", f"{spec.name} {exc} (after {attempts} attempts)", error=str(exc))
+            return outcome(
+                "failed", f"{spec.name} {exc} (after {attempts} attempts)", error=str(exc)
+            )
         message = (
             f"{spec.name} {exc}. It may or may not have taken effect: the outcome is unknown, "
             "so it was not retried. Do not assume either way; check before acting again."

@@ -27,7 +27,9 @@ class ToolRegistry:
             raise ValueError(f"tool {spec.name} is already registered")
         self._builtins[spec.name] = spec
 
-    async def for_tenant(self, db: AsyncSession, tenant_id: str, names: list[str]) -> dict[str, ToolSpec]:
+    async def for_tenant(
+        self, db: AsyncSession, tenant_id: str, names: list[str]
+    ) -> dict[str, ToolSpec]:
         """The specs of `names` visible to `tenant_id` (built-ins win over HTTP tools)."""
         from app.tools.http import spec_from_definition
 
@@ -43,7 +45,9 @@ class ToolRegistry:
                 found[row.name] = spec_from_definition(row)
         return found
 
-    async def unknown_names(self, db: AsyncSession, tenant_id: str | None, names: list[str]) -> list[str]:
+    async def unknown_names(
+        self, db: AsyncSession, tenant_id: str | None, names: list[str]
+    ) -> list[str]:
         """Which of `names` no tool answers to (for a platform agent: built-ins only)."""
         unknown = [name for name in names if name not in self._builtins]
         if not unknown or tenant_id is None:

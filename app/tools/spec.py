@@ -59,7 +59,11 @@ class ToolSpec:
 
     def model_view(self) -> dict[str, Any]:
         """The tool as the model sees it (Anthropic `tools` entry)."""
-        return {"name": self.name, "description": self.description, "input_schema": self.input_schema}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.input_schema,
+        }
 
     def public_view(self) -> dict[str, Any]:
         return {
@@ -77,6 +81,11 @@ class ToolSpec:
 
 class TransientToolError(Exception):
     """Raised by an executor for a failure worth retrying (idempotent tools only)."""
+
+
+class ToolOutcomeUnknown(TransientToolError):
+    """The request may have reached its target before failing (e.g. the connection dropped
+    after it was sent): a non-idempotent tool's outcome is then unknown, not failed."""
 
 
 class ToolInputError(Exception):

@@ -1,0 +1,105 @@
+"""All SQL for agents. An agent is visible to a tenant if it is the tenant's own or a
+platform agent (tenant_id NULL); the tenant's own wins on a name clash."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.agents.models import Agent, AgentVersion
+from app.db.ids import new_id
+
+
+async def find_visible(db: AsyncSession, tenant_id: str, name: str) -> Agent | None:
+    rows = await db.execute(
+        select(Agent)
+        .where(Agent.name == name, or_(Agent.tenant_id == tenant_id, Agent.tenant_id.is_(None)))
+        .order_by(Agent.tenant_id.is_(None))  # the tenant's own first
+        .limit(1)
+    )
+    return rows.scalar_one_or_none()
+
+
+async def lock_name(db: AsyncSession, tenant_id: str | None, name: str) -> None:
+    """Serialise writers of one agent name (also its first creation) until commit."""
+    await db.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"agent:{tenant_id or '*'}:{name}"},
+    )
+
+
+async def find_owned(
+    db: AsyncSession, tenant_id: str | None, name: str, *, lock: bool = False
+) -> Agent | None:
+    owner = Agent.tenant_id.is_(None) if tenant_id is None else Agent.tenant_id == tenant_id
+    statement = select(Agent).where(Agent.name == name, owner)
+    if lock:
+        statement = statement.with_for_update()
+    return (await db.execute(statement)).scalar_one_or_none()
+
+
+async def list_visible(
+    db: AsyncSession, tenant_id: str, *, after_name: str | None, limit: int
+) -> list[Agent]:
+    statement = (
+        select(Agent)
+        .where(or_(Agent.tenant_id == tenant_id, Agent.tenant_id.is_(None)))
+        .order_by(Agent.name, Agent.tenant_id.is_(None))
+    )
+    if after_name is not None:
+        statement = statement.where(Agent.name > after_name)
+    agents: list[Agent] = []
+    for agent in (await db.execute(statement.limit(limit * 2 + 1))).scalars():
+        if agents and agents[-1].name == agent.name:
+            continue  # shadowed platform agent
+        agents.append(agent)
+    return agents[: limit + 1]
+
+
+async def get_version(db: AsyncSession, agent_id: str, version: int) -> AgentVersion | None:
+    return await db.get(AgentVersion, (agent_id, version))
+
+
+async def insert_agent(db: AsyncSession, tenant_id: str | None, name: str, enabled: bool) -> Agent:
+    agent = Agent(
+        agent_id=new_id("agt"), tenant_id=tenant_id, name=name, latest_version=0, enabled=enabled
+    )
+    db.add(agent)
+    await db.flush()
+    return agent
+
+
+async def insert_version(
+    db: AsyncSession, agent: Agent, definition: dict[str, Any], created_by: str | None
+) -> AgentVersion:
+    version = AgentVersion(
+        agent_id=agent.agent_id,
+        version=agent.latest_version,
+        definition=definition,
+        created_by=created_by,
+    )
+    db.add(version)
+    await db.flush()
+    return version
+
+
+async def bump_version(
+    db: AsyncSession, agent: Agent, *, expected: int | None, enabled: bool
+) -> bool:
+    """Move the agent to its next version; False if `expected` is stale (someone else moved it)."""
+    statement = (
+        update(Agent)
+        .where(Agent.agent_id == agent.agent_id)
+        .values(latest_version=Agent.latest_version + 1, enabled=enabled, updated_at=func.now())
+        .returning(Agent.latest_version, Agent.updated_at)
+    )
+    if expected is not None:
+        statement = statement.where(Agent.latest_version == expected)
+    row = (await db.execute(statement)).one_or_none()
+    if row is None:
+        return False
+    agent.latest_version, agent.updated_at = row
+    agent.enabled = enabled
+    return True

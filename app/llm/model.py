@@ -1,0 +1,78 @@
+"""The model interface: Anthropic Messages-shaped requests and responses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+ContentBlock = dict[str, Any]  # {"type": "text"|"tool_use"|"tool_result", ...}
+Message = dict[str, Any]  # {"role": "user"|"assistant", "content": [ContentBlock, ...]}
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    model: str
+    system: str
+    messages: list[Message]
+    tools: list[dict[str, Any]]
+    max_tokens: int
+    session_input: Any = None
+    assistant_turns: int = 0  # assistant messages so far in the whole conversation
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class ModelResponse:
+    content: list[ContentBlock]
+    stop_reason: (
+        str  # end_turn | tool_use | max_tokens | stop_sequence | pause_turn | refusal | ...
+    )
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    model: str = ""
+    confidence: float | None = None  # stated by the offline script (for confidence gates)
+
+    @property
+    def tool_uses(self) -> list[ContentBlock]:
+        return [block for block in self.content if block.get("type") == "tool_use"]
+
+    @property
+    def text(self) -> str:
+        return "".join(
+            block.get("text", "") for block in self.content if block.get("type") == "text"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "content": self.content,
+            "stop_reason": self.stop_reason,
+            "model": self.model,
+            "usage": {
+                "input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens,
+            },
+        }
+        if self.confidence is not None:
+            data["confidence"] = self.confidence
+        return data
+
+
+class Model(Protocol):
+    """Anything that answers a ModelRequest. Implementations: OfflineModel, FunctionModel
+    (tests), the Anthropic provider (gateway issue)."""
+
+    async def complete(self, request: ModelRequest) -> ModelResponse: ...
+
+
+class ModelUnavailable(Exception):
+    """No provider can serve the requested model (configuration, not a transient failure)."""

@@ -1,0 +1,231 @@
+"""The worker's Postgres access: every durable step is one fenced statement.
+
+"Fenced" means each write is conditioned on `lease_epoch = <the epoch this worker claimed>`
+and `status = 'running'` inside the statement that makes it, so a worker that lost its
+lease (paused, partitioned, presumed dead) writes nothing and learns it (`LeaseLost`).
+Event numbering (`sessions.event_seq`) is bumped by the same statement.
+
+Raw asyncpg rather than the ORM: this is the hot path (a few statements per turn).
+Status changes go through `app.sessions.transitions`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+
+class LeaseLost(Exception):
+    """This worker's lease on the session is gone; it must stop without writing."""
+
+
+def asyncpg_dsn(sqlalchemy_url: str) -> str:
+    return (
+        make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+
+
+async def create_pool(database_url: str, *, max_size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        asyncpg_dsn(database_url),
+        min_size=min(2, max_size),
+        max_size=max_size,
+        server_settings={"application_name": "agent-platform-worker"},
+    )
+    assert pool is not None
+    return pool
+
+
+_RECORD_RESPONSE = """
+WITH s AS (
+    UPDATE sessions
+    SET event_seq = event_seq + 1, turns = turns + 1, input_tokens = input_tokens + $4,
+        output_tokens = output_tokens + $5, cost_usd = cost_usd + $6, updated_at = now()
+    WHERE session_id = $1 AND lease_epoch = $2 AND status = 'running'
+    RETURNING event_seq, turns
+), e AS (
+    INSERT INTO session_events (session_id, seq, type, data)
+    SELECT $1, s.event_seq, 'model.response', $3::jsonb FROM s
+), t AS (
+    INSERT INTO tool_calls (tool_call_row_id, session_id, tool_use_id, turn, tool, arguments,
+                            status, attempts, idempotent, error, finished_at)
+    SELECT x.row_id, $1, x.tool_use_id, s.turns, x.tool, x.arguments, x.status, 0,
+           x.idempotent, x.error, CASE WHEN x.status = 'started' THEN NULL ELSE now() END
+    FROM s, jsonb_to_recordset($7::jsonb) AS x(row_id text, tool_use_id text, tool text,
+         arguments jsonb, status text, idempotent boolean, error text)
+)
+SELECT event_seq, turns FROM s
+"""
+
+_RECORD_TOOL_RESULT = """
+WITH s AS (
+    UPDATE sessions SET event_seq = event_seq + 1, updated_at = now()
+    WHERE session_id = $1 AND lease_epoch = $2 AND status = 'running'
+    RETURNING event_seq
+), t AS (
+    UPDATE tool_calls c
+    SET status = $4, result = $5::jsonb, error = $6, attempts = c.attempts + $7, finished_at = now()
+    FROM s WHERE c.session_id = $1 AND c.tool_use_id = $3
+), e AS (
+    INSERT INTO session_events (session_id, seq, type, data)
+    SELECT $1, s.event_seq, 'tool.result', $8::jsonb FROM s
+)
+SELECT event_seq FROM s
+"""
+
+_RECORD_NOTE = """
+WITH s AS (
+    UPDATE sessions SET event_seq = event_seq + 1, updated_at = now()
+    WHERE session_id = $1 AND lease_epoch = $2 AND status = 'running'
+    RETURNING event_seq
+)
+INSERT INTO session_events (session_id, seq, type, data)
+SELECT $1, s.event_seq, 'platform.note', $3::jsonb FROM s
+RETURNING seq
+"""
+
+_HEARTBEAT = """
+UPDATE sessions s SET lease_expires_at = now() + make_interval(secs => $3)
+FROM unnest($1::text[], $2::bigint[]) AS held(session_id, epoch)
+WHERE s.session_id = held.session_id AND s.lease_epoch = held.epoch
+  AND s.status = 'running' AND s.worker_id = $4
+RETURNING s.session_id, s.cancel_requested_at IS NOT NULL AS cancel_requested
+"""
+
+_HISTORY = """
+SELECT type, data FROM session_events
+WHERE session_id = $1 AND type IN ('model.response', 'platform.note')
+ORDER BY seq
+"""
+
+_TOOL_CALLS = """
+SELECT tool_use_id, tool, arguments, status, result, error, attempts, idempotent
+FROM tool_calls WHERE session_id = $1
+"""
+
+
+@dataclass(frozen=True)
+class ToolCallRecord:
+    tool_use_id: str
+    tool: str
+    arguments: dict[str, Any]
+    status: str
+    result: Any
+    error: str | None
+    attempts: int
+    idempotent: bool
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    """A tool call as recorded with its model response: `started` (about to run) or already
+    settled without running (`failed` invalid input, `denied` tool not allowed)."""
+
+    row_id: str
+    tool_use_id: str
+    tool: str
+    arguments: dict[str, Any]
+    status: str
+    idempotent: bool
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+class RuntimeStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def record_model_response(
+        self,
+        session_id: str,
+        epoch: int,
+        response: dict[str, Any],
+        calls: list[PlannedCall],
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: Decimal,
+        connection: asyncpg.Connection | None = None,
+    ) -> int:
+        """Persist a model response and its tool calls; returns the session's turn count."""
+        args = (
+            session_id, epoch, _dumps(response), input_tokens, output_tokens, cost_usd,
+            _dumps([call.as_json() for call in calls]),
+        )  # fmt: skip
+        if connection is not None:
+            row = await connection.fetchrow(_RECORD_RESPONSE, *args)
+        else:
+            row = await self.pool.fetchrow(_RECORD_RESPONSE, *args)
+        if row is None:
+            raise LeaseLost(session_id)
+        return int(row["turns"])
+
+    async def record_tool_result(
+        self,
+        session_id: str,
+        epoch: int,
+        tool_use_id: str,
+        *,
+        status: str,
+        result: Any,
+        error: str | None,
+        attempts: int,
+        event: dict[str, Any],
+    ) -> None:
+        row = await self.pool.fetchrow(
+            _RECORD_TOOL_RESULT,
+            session_id, epoch, tool_use_id, status,
+            None if result is None else _dumps(result), error, attempts, _dumps(event),
+        )  # fmt: skip
+        if row is None:
+            raise LeaseLost(session_id)
+
+    async def record_note(self, session_id: str, epoch: int, note: dict[str, Any]) -> None:
+        if await self.pool.fetchrow(_RECORD_NOTE, session_id, epoch, _dumps(note)) is None:
+            raise LeaseLost(session_id)
+
+    async def heartbeat(
+        self, worker_id: str, leases: dict[str, int], ttl_seconds: float
+    ) -> dict[str, bool]:
+        """Extend the leases still held; returns {session_id: cancel_requested} for those."""
+        if not leases:
+            return {}
+        ids = list(leases)
+        rows = await self.pool.fetch(
+            _HEARTBEAT, ids, [leases[i] for i in ids], ttl_seconds, worker_id
+        )
+        return {row["session_id"]: row["cancel_requested"] for row in rows}
+
+    async def history(
+        self, session_id: str
+    ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, ToolCallRecord]]:
+        async with self.pool.acquire() as connection:
+            events = await connection.fetch(_HISTORY, session_id)
+            calls = await connection.fetch(_TOOL_CALLS, session_id)
+        return (
+            [(row["type"], json.loads(row["data"])) for row in events],
+            {
+                row["tool_use_id"]: ToolCallRecord(
+                    tool_use_id=row["tool_use_id"],
+                    tool=row["tool"],
+                    arguments=json.loads(row["arguments"]),
+                    status=row["status"],
+                    result=None if row["result"] is None else json.loads(row["result"]),
+                    error=row["error"],
+                    attempts=row["attempts"],
+                    idempotent=row["idempotent"],
+                )
+                for row in calls
+            },
+        )

@@ -1,0 +1,235 @@
+"""Session business rules for the API: create (with the agent's current version), read,
+list, cancel, and the event and tool-call histories."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, update
+
+from app.agents import repository as agents_repository
+from app.agents import service as agents_service
+from app.agents.errors import AgentDisabled, AgentNotFound
+from app.agents.schemas import AgentDefinition
+from app.api.auth import Principal
+from app.db.engine import driver_connection
+from app.db.ids import new_id
+from app.errors import ValidationFailed
+from app.sessions import repository, transitions
+from app.sessions.errors import SessionFinished
+from app.sessions.events import state_event
+from app.sessions.models import Session, SessionEvent
+from app.sessions.schemas import (
+    EventList,
+    EventView,
+    SessionCreate,
+    SessionError,
+    SessionList,
+    SessionView,
+    ToolCallList,
+    ToolCallView,
+    Usage,
+)
+from app.sessions.states import SessionStatus
+from app.tenants.scoping import TenantScope
+
+RESULT_PREVIEW_CHARS = 500
+
+
+def view(session: Session) -> SessionView:
+    return SessionView(
+        id=session.session_id,
+        agent=session.agent_name,
+        agent_version=session.agent_version,
+        status=SessionStatus(session.status),
+        input=session.input,
+        result=session.result,
+        error=SessionError(**session.error) if session.error else None,
+        turns=session.turns,
+        usage=Usage(
+            input_tokens=session.input_tokens,
+            output_tokens=session.output_tokens,
+            cost_usd=float(session.cost_usd),
+        ),
+        priority=session.priority,
+        metadata=session.session_metadata,
+        parent_id=session.parent_id,
+        trace_id=session.trace_id,
+        cancel_requested=session.cancel_requested_at is not None,
+        created_at=session.created_at,
+        updated_at=session.updated_at,
+        finished_at=session.finished_at,
+    )
+
+
+async def create(scope: TenantScope, principal: Principal, body: SessionCreate) -> SessionView:
+    """Queue a session of the agent's current (or requested) version and wake a worker."""
+    db = scope.db
+    agent, version = await agents_service.get_visible(db, scope.tenant_id, body.agent)
+    if not agent.enabled:
+        raise AgentDisabled(f"agent {agent.name} is disabled: new sessions are refused")
+    if body.version is not None and body.version != version.version:
+        requested = await agents_repository.get_version(db, agent.agent_id, body.version)
+        if requested is None:
+            raise AgentNotFound(f"agent {agent.name} has no version {body.version}")
+        version = requested
+    definition = AgentDefinition.model_validate(version.definition)
+    now = datetime.now(UTC)
+    session = Session(
+        session_id=new_id("ses"),
+        tenant_id=scope.tenant_id,
+        agent_id=agent.agent_id,
+        agent_name=agent.name,
+        agent_version=version.version,
+        priority=body.priority,
+        input=body.input,
+        session_metadata=body.metadata,
+        subject=body.subject,
+        created_by=principal.sub,
+        webhook_url=body.webhook_url,
+        trace_id=secrets.token_hex(16),
+        deadline_at=now + timedelta(seconds=definition.limits.deadline_seconds),
+        event_seq=1,
+    )
+    db.add(session)
+    await db.flush()
+    db.add(
+        SessionEvent(
+            session_id=session.session_id,
+            seq=1,
+            type=state_event(SessionStatus.QUEUED),
+            data={"status": "queued"},
+        )
+    )
+    await db.flush()
+    await transitions.notify_queued(await driver_connection(db), session.session_id)
+    await db.refresh(session)
+    return view(session)
+
+
+async def get(scope: TenantScope, session_id: str) -> SessionView:
+    return view(await repository.get(scope, session_id))
+
+
+def _encode_cursor(session: Session) -> str:
+    raw = f"{session.created_at.isoformat()}|{session.session_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, session_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created_at), session_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed("invalid cursor") from exc
+
+
+async def list_sessions(
+    scope: TenantScope,
+    *,
+    status: SessionStatus | None,
+    agent: str | None,
+    cursor: str | None,
+    limit: int,
+) -> SessionList:
+    rows = await repository.list_page(
+        scope,
+        status=status.value if status else None,
+        agent=agent,
+        after=_decode_cursor(cursor) if cursor else None,
+        limit=limit,
+    )
+    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return SessionList(items=[view(row) for row in rows[:limit]], next_cursor=next_cursor)
+
+
+async def cancel(
+    scope: TenantScope, session_id: str, *, reason: str = "cancelled by the client"
+) -> SessionView:
+    """Record the cancel request at once. A queued or waiting session ends now; a running
+    one ends at its worker's next safe point (it never runs another tool)."""
+    session = await repository.get(scope, session_id)
+    status = SessionStatus(session.status)
+    if status is SessionStatus.CANCELLED:
+        return view(session)
+    if status.is_terminal:
+        raise SessionFinished(
+            f"session {session_id} already ended ({status.value}); nothing to cancel"
+        )
+    db = scope.db
+    await db.execute(
+        update(Session)
+        .where(Session.session_id == session_id, Session.cancel_requested_at.is_(None))
+        .values(cancel_requested_at=func.now())
+    )
+    conn = await driver_connection(db)
+    if status is not SessionStatus.RUNNING:
+        await transitions.change(
+            conn,
+            session_id,
+            SessionStatus.CANCELLED,
+            from_statuses=["queued", "awaiting_approval", "awaiting_input"],
+            detail={"reason": reason},
+        )
+    await conn.execute("SELECT pg_notify('agent_cancel', $1)", session_id)
+    await db.refresh(session)
+    return view(session)
+
+
+async def events(scope: TenantScope, session_id: str, *, after_id: int, limit: int) -> EventList:
+    rows = await repository.events(scope, session_id, after_id=after_id, limit=limit)
+    items = [
+        EventView(id=r.event_id, seq=r.seq, type=r.type, data=r.data, created_at=r.created_at)
+        for r in rows[:limit]
+    ]
+    next_cursor = str(items[-1].id) if len(rows) > limit else None
+    return EventList(items=items, next_cursor=next_cursor)
+
+
+def _preview(result: Any) -> str | None:
+    if result is None:
+        return None
+    text = result if isinstance(result, str) else json.dumps(result, default=str)
+    return text[:RESULT_PREVIEW_CHARS]
+
+
+async def tool_calls(scope: TenantScope, session_id: str) -> ToolCallList:
+    rows = await repository.tool_calls(scope, session_id)
+    return ToolCallList(
+        items=[
+            ToolCallView(
+                tool_call_id=row.tool_use_id,
+                turn=row.turn,
+                tool=row.tool,
+                arguments=row.arguments,
+                status=row.status,
+                attempts=row.attempts,
+                idempotent=row.idempotent,
+                result_preview=_preview(row.result),
+                error=row.error,
+                started_at=row.started_at,
+                finished_at=row.finished_at,
+            )
+            for row in rows
+        ]
+    )
+
+
+async def cancel_for_disabled_agent(db: Any, tenant_id: str, agent_name: str) -> int:
+    """The kill switch: every unfinished session of the agent is cancelled (queued and
+    waiting ones now, running ones at their next safe point). Returns how many."""
+    scope = TenantScope(db, tenant_id)
+    rows = await db.execute(
+        scope.select(Session).where(
+            Session.agent_name == agent_name,
+            Session.status.in_(["queued", "running", "awaiting_approval", "awaiting_input"]),
+        )
+    )
+    sessions = list(rows.scalars())
+    for session in sessions:
+        await cancel(scope, session.session_id, reason=f"agent {agent_name} was disabled")
+    return len(sessions)

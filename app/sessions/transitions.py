@@ -1,0 +1,179 @@
+"""Every write of a session's status, in one place.
+
+Each function is one SQL statement (one round trip, atomic): the status change is checked
+against the transition table (`states.ALLOWED`), fenced by the lease epoch when a worker
+makes it, keeps `tenants.running_sessions` in step, appends the `session.<status>` event
+with the next `seq`, and NOTIFYs listeners. They take an asyncpg connection: workers use
+their own pool, API routes the raw connection under their SQLAlchemy transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from app.sessions.events import NOTIFY_CHANNEL, state_event
+from app.sessions.states import SessionStatus, sources_of
+
+# Claim up to $3 queued sessions whose tenant is under its running cap: priority first,
+# then the tenant with the fewest running sessions (so one tenant's flood does not starve
+# another), then age. The inner SELECT locks candidates with SKIP LOCKED; the window keeps
+# a batch from taking a tenant past its cap.
+_CLAIM = f"""
+WITH locked AS (
+    SELECT s.session_id, s.tenant_id, s.priority, s.run_after, s.created_at,
+           t.running_sessions, t.max_running_sessions
+    FROM sessions s JOIN tenants t ON t.tenant_id = s.tenant_id
+    WHERE s.status = 'queued' AND s.run_after <= now()
+      AND t.running_sessions < t.max_running_sessions
+    ORDER BY s.priority DESC, t.running_sessions, s.run_after, s.created_at
+    LIMIT $3 * 4
+    FOR UPDATE OF s SKIP LOCKED
+), ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY tenant_id ORDER BY priority DESC, run_after, created_at) AS nth
+    FROM locked
+), chosen AS (
+    SELECT session_id, tenant_id FROM ranked
+    WHERE running_sessions + nth <= max_running_sessions
+    ORDER BY priority DESC, running_sessions + nth, run_after, created_at
+    LIMIT $3
+), counted AS (
+    UPDATE tenants t SET running_sessions = t.running_sessions + c.n
+    FROM (SELECT tenant_id, count(*) AS n FROM chosen GROUP BY tenant_id) c
+    WHERE t.tenant_id = c.tenant_id
+), claimed AS (
+    UPDATE sessions s
+    SET status = 'running', worker_id = $1, lease_epoch = s.lease_epoch + 1,
+        lease_expires_at = now() + make_interval(secs => $2), updated_at = now(),
+        event_seq = s.event_seq + 1
+    FROM chosen c WHERE s.session_id = c.session_id
+    RETURNING s.*
+), logged AS (
+    INSERT INTO session_events (session_id, seq, type, data)
+    SELECT session_id, event_seq, '{state_event(SessionStatus.RUNNING)}',
+           jsonb_build_object('status', 'running', 'attempt', lease_epoch)
+    FROM claimed
+)
+SELECT claimed.*, v.definition AS agent_definition
+FROM claimed LEFT JOIN agent_versions v
+  ON v.agent_id = claimed.agent_id AND v.version = claimed.agent_version
+"""
+
+# Move one session to $2 if its status is one of $3 (and, when $4 is not null, only while
+# the caller's lease epoch $4 still holds). Leaving `running` frees a tenant slot.
+_CHANGE = """
+WITH old AS (
+    SELECT session_id, tenant_id, status FROM sessions
+    WHERE session_id = $1 AND status = ANY($3::text[]) AND ($4::bigint IS NULL OR lease_epoch = $4)
+    FOR UPDATE
+), changed AS (
+    UPDATE sessions s
+    SET status = $2, event_seq = s.event_seq + 1, updated_at = now(),
+        result = COALESCE($5::jsonb, s.result),
+        error = CASE WHEN $7 THEN $6::jsonb ELSE s.error END,
+        finished_at = CASE WHEN $2 IN ('completed', 'failed', 'cancelled', 'timed_out') THEN now() ELSE NULL END,
+        worker_id = CASE WHEN $2 = 'running' THEN s.worker_id ELSE NULL END,
+        lease_expires_at = CASE WHEN $2 = 'running' THEN s.lease_expires_at ELSE NULL END,
+        run_after = CASE WHEN $2 = 'queued' THEN now() + make_interval(secs => $8) ELSE s.run_after END,
+        cancel_requested_at = CASE WHEN $2 = 'cancelled' THEN COALESCE(s.cancel_requested_at, now())
+                                   ELSE s.cancel_requested_at END
+    FROM old WHERE s.session_id = old.session_id
+    RETURNING s.session_id, s.tenant_id, s.event_seq, old.status AS old_status
+), freed AS (
+    UPDATE tenants t SET running_sessions = GREATEST(t.running_sessions - 1, 0)
+    FROM changed WHERE t.tenant_id = changed.tenant_id AND changed.old_status = 'running'
+), logged AS (
+    INSERT INTO session_events (session_id, seq, type, data)
+    SELECT session_id, event_seq, 'session.' || $2, $9::jsonb FROM changed
+)
+SELECT old_status, event_seq, pg_notify($10, session_id || ':' || $2) FROM changed
+"""
+
+# Re-queue running sessions whose lease has expired (their worker died or stalled).
+_REQUEUE_EXPIRED = """
+WITH expired AS (
+    SELECT session_id, tenant_id FROM sessions
+    WHERE status = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), requeued AS (
+    UPDATE sessions s
+    SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = now(),
+        event_seq = s.event_seq + 1, updated_at = now()
+    FROM expired WHERE s.session_id = expired.session_id
+    RETURNING s.session_id, s.tenant_id, s.event_seq, s.lease_epoch
+), freed AS (
+    UPDATE tenants t SET running_sessions = GREATEST(t.running_sessions - c.n, 0)
+    FROM (SELECT tenant_id, count(*) AS n FROM requeued GROUP BY tenant_id) c
+    WHERE t.tenant_id = c.tenant_id
+), logged AS (
+    INSERT INTO session_events (session_id, seq, type, data)
+    SELECT session_id, event_seq, 'session.queued',
+           jsonb_build_object('status', 'queued', 'reason', 'lease_expired', 'attempt', lease_epoch)
+    FROM requeued
+)
+SELECT session_id, pg_notify($2, session_id || ':queued') FROM requeued
+"""
+
+
+@dataclass(frozen=True)
+class Changed:
+    old_status: SessionStatus
+    event_seq: int
+
+
+async def claim(
+    conn: asyncpg.Connection, worker_id: str, lease_seconds: float, limit: int
+) -> list[asyncpg.Record]:
+    """Take up to `limit` queued sessions for `worker_id`; each comes with its agent definition."""
+    return list(await conn.fetch(_CLAIM, worker_id, lease_seconds, limit))
+
+
+async def change(
+    conn: asyncpg.Connection,
+    session_id: str,
+    to: SessionStatus,
+    *,
+    epoch: int | None = None,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+    set_error: bool = False,
+    delay_seconds: float = 0.0,
+    detail: dict[str, Any] | None = None,
+    from_statuses: list[str] | None = None,
+) -> Changed | None:
+    """Move `session_id` to `to`; None if it was not in an allowed status (or, with `epoch`,
+    if the caller's lease is no longer current — the fenced-out case)."""
+    allowed = from_statuses if from_statuses is not None else sources_of(to)
+    data = {"status": to.value, **(detail or {})}
+    if error is not None:
+        data["error"] = error
+    row = await conn.fetchrow(
+        _CHANGE,
+        session_id,
+        to.value,
+        allowed,
+        epoch,
+        None if result is None else json.dumps(result),
+        None if error is None else json.dumps(error),
+        set_error or error is not None,
+        delay_seconds,
+        json.dumps(data),
+        NOTIFY_CHANNEL,
+    )
+    if row is None:
+        return None
+    return Changed(SessionStatus(row["old_status"]), row["event_seq"])
+
+
+async def requeue_expired(conn: asyncpg.Connection, limit: int = 100) -> list[str]:
+    rows = await conn.fetch(_REQUEUE_EXPIRED, limit, NOTIFY_CHANNEL)
+    return [row["session_id"] for row in rows]
+
+
+async def notify_queued(conn: asyncpg.Connection, session_id: str) -> None:
+    """Wake workers for a session that was just queued (delivered at commit)."""
+    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{session_id}:queued")

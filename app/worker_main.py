@@ -1,0 +1,62 @@
+"""The one place a worker process is wired: settings → engine → YAML agents → pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from app.agents import service as agents_service
+from app.db.engine import create_engine, create_session_factory
+from app.llm.providers import ModelResolver
+from app.runtime.worker import WorkerPool
+from app.settings import Settings
+from app.tools.registry import ToolRegistry
+
+logger = logging.getLogger(__name__)
+
+
+async def load_agents(settings: Settings, database_url: str, tools: ToolRegistry) -> None:
+    """Create or update the platform-wide agents from the YAML folder (idempotent)."""
+    engine = create_engine(settings.database, database_url)
+    try:
+        async with create_session_factory(engine).begin() as db:
+            await agents_service.load_yaml_agents(db, tools, settings.agents_dir)
+    finally:
+        await engine.dispose()
+
+
+def build_pool(
+    settings: Settings,
+    database_url: str,
+    concurrency: int,
+    *,
+    models: ModelResolver | None = None,
+    tools: ToolRegistry | None = None,
+) -> tuple[WorkerPool, object]:
+    """A pool and the engine its tools use (dispose it after the pool stops)."""
+    engine = create_engine(settings.database, database_url)
+    pool = WorkerPool(
+        settings.runtime,
+        database_url,
+        concurrency=concurrency,
+        session_factory=create_session_factory(engine),
+        models=models,
+        tools=tools,
+    )
+    return pool, engine
+
+
+async def run_worker(settings: Settings, database_url: str, concurrency: int) -> None:
+    """`agent-platform worker`: run a pool until SIGTERM/SIGINT, then drain."""
+    tools = ToolRegistry()
+    await load_agents(settings, database_url, tools)
+    pool, engine = build_pool(settings, database_url, concurrency, tools=tools)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await pool.run(stop)
+    finally:
+        await engine.dispose()  # type: ignore[attr-defined]
