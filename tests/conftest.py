@@ -27,6 +27,8 @@ from app.db.migrations import upgrade
 from app.embedded import resolve_database_url, resolve_redis_url
 from app.main import build_context, close_context, create_app
 from app.settings import AuthSettings, Environment, Settings
+from app.tools.registry import ToolRegistry
+from app.worker_main import load_agents
 
 pytest_plugins = ["tests.fixtures_redis"]
 
@@ -75,6 +77,8 @@ def database_url(server_database_url: str) -> Iterator[str]:
     asyncio.run(_admin_execute(admin_url, f'CREATE DATABASE "{name}"'))
     try:
         upgrade(PROJECT_ROOT / "migrations", test_url)
+        # What start-up does in every process: load the YAML agents (the `support` demo).
+        asyncio.run(load_agents(make_settings(), test_url, ToolRegistry()))
         yield test_url
     finally:
         asyncio.run(_admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -71,14 +71,14 @@ WITH old AS (
     FOR UPDATE
 ), changed AS (
     UPDATE sessions s
-    SET status = $2, event_seq = s.event_seq + 1, updated_at = now(),
+    SET status = $2::text, event_seq = s.event_seq + 1, updated_at = now(),
         result = COALESCE($5::jsonb, s.result),
         error = CASE WHEN $7 THEN $6::jsonb ELSE s.error END,
-        finished_at = CASE WHEN $2 IN ('completed', 'failed', 'cancelled', 'timed_out') THEN now() ELSE NULL END,
-        worker_id = CASE WHEN $2 = 'running' THEN s.worker_id ELSE NULL END,
-        lease_expires_at = CASE WHEN $2 = 'running' THEN s.lease_expires_at ELSE NULL END,
-        run_after = CASE WHEN $2 = 'queued' THEN now() + make_interval(secs => $8) ELSE s.run_after END,
-        cancel_requested_at = CASE WHEN $2 = 'cancelled' THEN COALESCE(s.cancel_requested_at, now())
+        finished_at = CASE WHEN $2::text IN ('completed', 'failed', 'cancelled', 'timed_out') THEN now() ELSE NULL END,
+        worker_id = CASE WHEN $2::text = 'running' THEN s.worker_id ELSE NULL END,
+        lease_expires_at = CASE WHEN $2::text = 'running' THEN s.lease_expires_at ELSE NULL END,
+        run_after = CASE WHEN $2::text = 'queued' THEN now() + make_interval(secs => $8) ELSE s.run_after END,
+        cancel_requested_at = CASE WHEN $2::text = 'cancelled' THEN COALESCE(s.cancel_requested_at, now())
                                    ELSE s.cancel_requested_at END
     FROM old WHERE s.session_id = old.session_id
     RETURNING s.session_id, s.tenant_id, s.event_seq, old.status AS old_status
@@ -87,9 +87,9 @@ WITH old AS (
     FROM changed WHERE t.tenant_id = changed.tenant_id AND changed.old_status = 'running'
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
-    SELECT session_id, event_seq, 'session.' || $2, $9::jsonb FROM changed
+    SELECT session_id, event_seq, 'session.' || $2::text, $9::jsonb FROM changed
 )
-SELECT old_status, event_seq, pg_notify($10, session_id || ':' || $2) FROM changed
+SELECT old_status, event_seq, pg_notify($10, session_id || ':' || $2::text) FROM changed
 """
 
 # Re-queue running sessions whose lease has expired (their worker died or stalled).

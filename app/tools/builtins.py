@@ -7,9 +7,9 @@ NOT idempotent — each run issues another refund — so crash tests can count s
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from sqlalchemy import select
 
 from app.db.ids import new_id
@@ -25,7 +25,10 @@ class LookupOrderInput(BaseModel):
 class RefundOrderInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     order_id: str = Field(min_length=1, max_length=32)
-    amount: Decimal = Field(gt=0, le=100_000, decimal_places=2, description="USD to refund")
+    # Exact (Decimal) inside, a plain JSON number outside (policies compare it numerically).
+    amount: Annotated[Decimal, PlainSerializer(float, when_used="json")] = Field(
+        gt=0, le=100_000, decimal_places=2, description="USD to refund"
+    )
 
 
 async def lookup_order(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
