@@ -86,17 +86,17 @@ class Api:
         self,
         session_id: str,
         *,
-        timeout: float = 20,
+        within_seconds: float = 20,
         until: tuple[str, ...] = ("completed", "failed", "cancelled", "timed_out"),
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_seconds
         while True:
             session = await self.get(session_id)
             if session["status"] in until:
                 return session
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"session still {session['status']} after {timeout}s: {session}"
+                    f"session still {session['status']} after {within_seconds}s: {session}"
                 )
             await asyncio.sleep(0.05)
 
