@@ -54,8 +54,8 @@ async def _refunds(context: AppContext, session_id: str) -> int:
         )
 
 
-async def _wait_dead(worker: WorkerProcess, timeout: float = 20) -> int:
-    for _ in range(int(timeout / 0.05)):
+async def _wait_dead(worker: WorkerProcess, within_seconds: float = 20) -> int:
+    for _ in range(int(within_seconds / 0.05)):
         if not worker.alive():
             return worker.process.returncode
         await asyncio.sleep(0.05)
