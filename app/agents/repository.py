@@ -12,14 +12,21 @@ from app.agents.models import Agent, AgentVersion
 from app.db.ids import new_id
 
 
-async def find_visible(db: AsyncSession, tenant_id: str, name: str) -> Agent | None:
-    rows = await db.execute(
+async def find_visible(
+    db: AsyncSession, tenant_id: str, name: str, *, share_lock: bool = False
+) -> Agent | None:
+    """The agent `name` as `tenant_id` sees it. With `share_lock` its row is read `FOR SHARE`
+    until commit: a writer changing it (the kill switch) waits for this transaction, and this
+    read waits for a writer's commit and then sees the new row."""
+    statement = (
         select(Agent)
         .where(Agent.name == name, or_(Agent.tenant_id == tenant_id, Agent.tenant_id.is_(None)))
         .order_by(Agent.tenant_id.is_(None))  # the tenant's own first
         .limit(1)
     )
-    return rows.scalar_one_or_none()
+    if share_lock:
+        statement = statement.with_for_update(read=True).execution_options(populate_existing=True)
+    return (await db.execute(statement)).scalar_one_or_none()
 
 
 async def lock_name(db: AsyncSession, tenant_id: str | None, name: str) -> None:

@@ -95,8 +95,11 @@ async def save(
     return view(agent, version), True
 
 
-async def get_visible(db: AsyncSession, tenant_id: str, name: str) -> tuple[Agent, AgentVersion]:
-    agent = await repository.find_visible(db, tenant_id, name)
+async def get_visible(
+    db: AsyncSession, tenant_id: str, name: str, *, share_lock: bool = False
+) -> tuple[Agent, AgentVersion]:
+    """The agent's current version; `share_lock` holds its row against changes until commit."""
+    agent = await repository.find_visible(db, tenant_id, name, share_lock=share_lock)
     if agent is None:
         raise AgentNotFound(f"agent {name} not found")
     version = await repository.get_version(db, agent.agent_id, agent.latest_version)

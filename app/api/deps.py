@@ -1,12 +1,15 @@
 """FastAPI dependencies, exposed as `Annotated` aliases that read as nouns.
 
+All are `async def`: FastAPI runs a plain `def` dependency in a thread pool, which costs
+more than the check itself.
+
 The transaction boundary is here: `DbSession` commits once when the route returns and rolls
 back on any error, so a failed request leaves nothing half-written.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
@@ -19,7 +22,7 @@ from app.settings import Settings
 from app.tenants.scoping import TenantScope
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
     context: AppContext = request.app.state.context
     return context
 
@@ -27,7 +30,7 @@ def get_context(request: Request) -> AppContext:
 Context = Annotated[AppContext, Depends(get_context)]
 
 
-def get_settings(context: Context) -> Settings:
+async def get_settings(context: Context) -> Settings:
     return context.settings
 
 
@@ -84,8 +87,8 @@ async def get_principal(
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-def require_role(role: Role) -> Callable[[Principal], Principal]:
-    def check(principal: CurrentPrincipal) -> Principal:
+def require_role(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: CurrentPrincipal) -> Principal:
         # An admin may do anything a client or reviewer may.
         if not (principal.has_role(role) or principal.has_role(Role.ADMIN)):
             raise Forbidden(f"this action needs the `{role.value}` role")
@@ -99,7 +102,7 @@ ReviewerPrincipal = Annotated[Principal, Depends(require_role(Role.REVIEWER))]
 AdminPrincipal = Annotated[Principal, Depends(require_role(Role.ADMIN))]
 
 
-def get_tenant_scope(principal: CurrentPrincipal, db: DbSession) -> TenantScope:
+async def get_tenant_scope(principal: CurrentPrincipal, db: DbSession) -> TenantScope:
     return TenantScope(db, principal.tenant)
 
 

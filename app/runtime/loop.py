@@ -49,6 +49,7 @@ UNTRUSTED_PREAMBLE = (
 )
 LEASE_SAFETY_MARGIN_SECONDS = 1.0
 MAX_TOKENS_CEILING = 128_000
+EVENT_PREVIEW_CHARS = 120
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class Claimed:
     cost_usd: Decimal
     deadline_at: datetime | None
     cancel_requested: bool
+    # First claim of a session never run before: its log holds only `queued` and `running`.
+    fresh: bool = False
 
     @classmethod
     def from_row(cls, row: Any) -> Claimed:
@@ -106,6 +109,7 @@ class Claimed:
             cost_usd=row["cost_usd"],
             deadline_at=row["deadline_at"],
             cancel_requested=row["cancel_requested_at"] is not None,
+            fresh=row["event_seq"] == 2 and row["turns"] == 0,
         )
 
 
@@ -147,9 +151,16 @@ class SessionRun:
             )
         except Exception as exc:  # the loop must never leave a session running silently
             logger.exception("session run crashed")
-            await self._end(
-                SessionStatus.FAILED, error=("internal_error", f"{type(exc).__name__}: {exc}")
-            )
+            try:
+                await self._end(
+                    SessionStatus.FAILED, error=("internal_error", f"{type(exc).__name__}: {exc}")
+                )
+            except (SessionEnded, LeaseLost):
+                pass
+            except Exception:
+                # Not even the failure could be recorded: the lease expires and the reaper
+                # hands the session to another worker, which resumes from the database.
+                logger.exception("could not record the failure")
         finally:
             session_id_var.reset(token)
 
@@ -159,7 +170,10 @@ class SessionRun:
             self.tools = await self.deps.tools.for_tenant(
                 db, self.claimed.tenant_id, definition.tools
             )
-        events, ledger = await self.deps.store.history(self.claimed.session_id)
+        events: list[tuple[str, dict[str, Any]]] = []
+        ledger: dict[str, ToolCallRecord] = {}
+        if not self.claimed.fresh:  # a fresh session has no history: skip the queries
+            events, ledger = await self.deps.store.history(self.claimed.session_id)
         conversation = rebuild(self.claimed.input, events, ledger, self.tools)
         for record in conversation.calls_in_order:
             self.detector.add(Call.of(record.tool, record.arguments, record.status != "succeeded"))
@@ -340,14 +354,15 @@ class SessionRun:
             record.tool_use_id, record.tool, record.arguments, outcome.status,
             outcome.result, outcome.error, outcome.attempts, record.idempotent,
         )  # fmt: skip
-        await self._record_result(settled, outcome.content, outcome.duration_ms)
+        await self._record_result(settled, outcome.duration_ms)
         self.deps.crash_points.reached("after_tool_record", record.tool)
         self.detector.add(Call.of(record.tool, record.arguments, outcome.is_error))
         return settled
 
-    async def _record_result(
-        self, record: ToolCallRecord, content: str, duration_ms: float
-    ) -> None:
+    async def _record_result(self, record: ToolCallRecord, duration_ms: float) -> None:
+        # The event carries a short preview; the whole result is in the tool-call ledger.
+        shown = record.error if record.result is None else record.result
+        preview = shown if isinstance(shown, str) else json.dumps(shown, default=str)
         await self.deps.store.record_tool_result(
             self.claimed.session_id,
             self.lease.epoch,
@@ -360,7 +375,7 @@ class SessionRun:
                 "tool_use_id": record.tool_use_id,
                 "tool": record.tool,
                 "status": record.status,
-                "preview": content[:300],
+                "preview": (preview or "")[:EVENT_PREVIEW_CHARS],
                 "duration_ms": round(duration_ms, 2),
             },
         )
@@ -382,7 +397,7 @@ class SessionRun:
                 record.tool_use_id, record.tool, record.arguments, "unknown", None, message,
                 record.attempts, record.idempotent,
             )  # fmt: skip
-            await self._record_result(unknown, message, 0.0)
+            await self._record_result(unknown, 0.0)
             settled.append(unknown)
         settled += await asyncio.gather(*(self._run_one(record) for record in to_rerun))
         answered = conversation.messages[-1]["content"]

@@ -30,11 +30,17 @@ def asyncpg_dsn(sqlalchemy_url: str) -> str:
     )
 
 
+async def _keep_session_state(_connection: asyncpg.Connection) -> None:
+    """Pool connections carry no session state (no LISTEN, advisory locks or SET), so
+    skip asyncpg's default reset query: it would cost a round trip per statement."""
+
+
 async def create_pool(database_url: str, *, max_size: int) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         asyncpg_dsn(database_url),
         min_size=min(2, max_size),
         max_size=max_size,
+        reset=_keep_session_state,
         server_settings={"application_name": "agent-platform-worker"},
     )
     assert pool is not None

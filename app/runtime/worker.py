@@ -104,15 +104,14 @@ class WorkerPool:
         stop_waiter = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
+                # Clear before claiming: a wake-up that arrives while we claim is kept.
+                self._wake.clear()
                 free = self.concurrency - len(self.runs)
                 claimed = 0
                 if free > 0:
                     claimed = await self._claim(deps, free)
-                if claimed and claimed == free:
-                    continue  # slots filled; go round when one frees up
-                if claimed:
+                if claimed and claimed < free:
                     continue  # there may be more queued work right now
-                self._wake.clear()
                 wake = asyncio.create_task(self._wake.wait())
                 await asyncio.wait(
                     {wake, stop_waiter},

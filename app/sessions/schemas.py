@@ -24,6 +24,14 @@ class SessionCreate(BaseModel):
     webhook_url: str | None = Field(default=None, max_length=2048)
     subject: str | None = Field(default=None, max_length=256, description="For experiments")
 
+    @field_validator("input", mode="before")
+    @classmethod
+    def _text_or_object(cls, value: Any) -> Any:
+        # One error naming `input`, rather than one per union member (`input.str`, ...).
+        if not isinstance(value, str | dict):
+            raise ValueError("input must be text or a JSON object")
+        return value
+
     @field_validator("input")
     @classmethod
     def _input_size(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.agents import repository as agents_repository
 from app.agents import service as agents_service
@@ -69,7 +70,11 @@ def view(session: Session) -> SessionView:
 async def create(scope: TenantScope, principal: Principal, body: SessionCreate) -> SessionView:
     """Queue a session of the agent's current (or requested) version and wake a worker."""
     db = scope.db
-    agent, version = await agents_service.get_visible(db, scope.tenant_id, body.agent)
+    # Share-locked until commit, so the kill switch cannot miss this session: disabling waits
+    # for it (then cancels it), or it waits for the disable (then sees it).
+    agent, version = await agents_service.get_visible(
+        db, scope.tenant_id, body.agent, share_lock=True
+    )
     if not agent.enabled:
         raise AgentDisabled(f"agent {agent.name} is disabled: new sessions are refused")
     if body.version is not None and body.version != version.version:
@@ -121,10 +126,15 @@ def _encode_cursor(session: Session) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, session_id) a cursor of `_encode_cursor` holds; 422 for anything else
+    (a time without a zone, or one out of range in UTC, would otherwise reach the database)."""
     try:
         created_at, session_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created_at), session_id
-    except (ValueError, UnicodeDecodeError) as exc:
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None:
+            raise ValueError("cursor time has no time zone")
+        return moment.astimezone(UTC), session_id
+    except (ValueError, OverflowError) as exc:  # UnicodeDecodeError is a ValueError
         raise ValidationFailed("invalid cursor") from exc
 
 
@@ -173,6 +183,7 @@ async def cancel(
             session_id,
             SessionStatus.CANCELLED,
             from_statuses=["queued", "awaiting_approval", "awaiting_input"],
+            error={"code": "cancelled", "message": reason},
             detail={"reason": reason},
         )
     await conn.execute("SELECT pg_notify('agent_cancel', $1)", session_id)
@@ -219,13 +230,18 @@ async def tool_calls(scope: TenantScope, session_id: str) -> ToolCallList:
     )
 
 
-async def cancel_for_disabled_agent(db: Any, tenant_id: str, agent_name: str) -> int:
-    """The kill switch: every unfinished session of the agent is cancelled (queued and
-    waiting ones now, running ones at their next safe point). Returns how many."""
+async def cancel_for_disabled_agent(db: AsyncSession, tenant_id: str, agent_name: str) -> int:
+    """The kill switch: every unfinished session of the tenant's agent `agent_name` is
+    cancelled (queued and waiting ones now, running ones at their next safe point). Sessions
+    of a platform agent of the same name (which the tenant's shadows) are another agent's and
+    are left alone. Returns how many."""
+    agent = await agents_repository.find_owned(db, tenant_id, agent_name)
+    if agent is None:
+        return 0
     scope = TenantScope(db, tenant_id)
     rows = await db.execute(
         scope.select(Session).where(
-            Session.agent_name == agent_name,
+            Session.agent_id == agent.agent_id,
             Session.status.in_(["queued", "running", "awaiting_approval", "awaiting_input"]),
         )
     )

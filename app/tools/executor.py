@@ -76,12 +76,25 @@ def validate_arguments(spec: ToolSpec, arguments: Any) -> dict[str, Any]:
             )
             raise ToolInputError(f"invalid input for {spec.name}: {problems}") from exc
         return validated
-    try:
-        jsonschema.validate(arguments, spec.input_schema)
-    except jsonschema.ValidationError as exc:
-        path = ".".join(str(part) for part in exc.absolute_path) or "(input)"
-        raise ToolInputError(f"invalid input for {spec.name}: {path}: {exc.message}") from exc
+    error = jsonschema.exceptions.best_match(_validator(spec.input_schema).iter_errors(arguments))
+    if error is not None:
+        path = ".".join(str(part) for part in error.absolute_path) or "(input)"
+        raise ToolInputError(f"invalid input for {spec.name}: {path}: {error.message}")
     return arguments
+
+
+_VALIDATORS: dict[str, Any] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A compiled validator per schema. `jsonschema.validate` re-checks the schema against
+    its meta-schema on every call, which cost more than the rest of a turn."""
+    key = json.dumps(schema, sort_keys=True)
+    validator = _VALIDATORS.get(key)
+    if validator is None:
+        cls = jsonschema.validators.validator_for(schema)
+        validator = _VALIDATORS[key] = cls(schema)
+    return validator
 
 
 def render_for_model(spec: ToolSpec, result: Any) -> tuple[str, bool]:

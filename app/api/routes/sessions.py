@@ -20,6 +20,8 @@ CREATE_SCOPE = "POST /v1/sessions"
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
+    # Declared because the route returns a JSONResponse (so a replay can answer verbatim).
+    response_model=SessionView,
     summary="Start a session (queued; a worker runs it)",
     responses={409: {"description": "Idempotency-Key reused with another body, or agent disabled"}},
 )

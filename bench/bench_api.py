@@ -1,0 +1,110 @@
+"""API benchmark: `POST /v1/sessions` requests/s and latency at saturation, from a separate
+load process (wrk) on loopback, against `agent-platform serve --workers 0` (the API alone,
+uvicorn on uvloop/httptools, one process) with rate limiting on (limits set out of reach,
+so its Redis round trips are paid but nothing is refused).
+
+  .venv/bin/python bench/bench_api.py [--seconds 10] [--connections 64]
+
+Needs `wrk` (Debian package `wrk`; installed here if missing and we are root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from common import ROOT, bench_database, machine
+
+from app.api.auth import mint_token  # noqa: E402
+from app.settings import Settings  # noqa: E402
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"agent": "support", "input": {"order_id": "ord_1001", "amount": 5}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+"""
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "wrk"], capture_output=True)
+        if not shutil.which("wrk"):
+            subprocess.run(["apt-get", "update"], capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "wrk"], capture_output=True)
+    found = shutil.which("wrk")
+    if not found:
+        sys.exit("wrk is needed: apt-get install -y wrk")
+    return found
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"server at {url} did not become ready")
+
+
+def main(args: argparse.Namespace) -> None:
+    wrk = ensure_wrk()
+    settings = Settings()
+    print(f"# API benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {machine()}")
+    with bench_database(settings) as (database_url, redis_url):
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "LOG_LEVEL": "WARNING",
+            "RATE_LIMIT_PER_TENANT": "100000000/minute",
+            "RATE_LIMIT_PER_SUBJECT": "100000000/minute",
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(args.port), "--workers", "0"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_ready(f"http://127.0.0.1:{args.port}/readyz")
+            token = mint_token(settings.auth, tenant="bench-api", sub="wrk", roles=["client"], ttl_seconds=3600)
+            with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+                script.write(WRK_SCRIPT % token)
+            url = f"http://127.0.0.1:{args.port}/v1/sessions"
+            base = [wrk, "-t", "1", "-c", str(args.connections), "--latency", "-s", script.name, url]
+            subprocess.run([*base[:1], "-d", "3s", *base[1:]], capture_output=True)  # warm-up
+            result = subprocess.run([*base[:1], "-d", f"{args.seconds}s", *base[1:]], capture_output=True, text=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    output = result.stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p99 = re.search(r"99%\s+([\d.]+\w+)", output)
+    p50 = re.search(r"50%\s+([\d.]+\w+)", output)
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket_errors = re.search(r"Socket errors:.*", output)
+    print(f"POST /v1/sessions, wrk 1 thread x {args.connections} connections, {args.seconds} s:")
+    print(f"   {float(rps.group(1)) if rps else 0:.0f} requests/s, p50 {p50.group(1) if p50 else '?'}, p99 {p99.group(1) if p99 else '?'}, "
+          f"non-2xx {errors.group(1) if errors else 0}{', ' + socket_errors.group(0) if socket_errors else ''}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--port", type=int, default=8765)
+    main(parser.parse_args())
