@@ -49,7 +49,9 @@ async def get_db(context: Context) -> AsyncIterator[AsyncSession]:
             callback()
 
 
-DbSession = Annotated[AsyncSession, Depends(get_db)]
+# scope="function": commit when the route returns, before the response is sent — a client
+# never gets a 2xx for a row that is not committed yet.
+DbSession = Annotated[AsyncSession, Depends(get_db, scope="function")]
 
 
 def _bearer_token(request: Request) -> str:

@@ -114,7 +114,10 @@ def _route_template(scope: Scope) -> str:
     app = scope.get("app")
     router = getattr(app, "router", None)
     for candidate in getattr(router, "routes", []):
+        path = getattr(candidate, "path", None)
+        if path is None:
+            continue
         match, _ = candidate.matches(scope)
         if match is Match.FULL:
-            return str(candidate.path)
+            return str(path)
     return "unmatched"

@@ -633,9 +633,8 @@ async def test_disabling_an_agent_cancels_its_running_sessions_at_the_next_safe_
     client: httpx.AsyncClient, context: AppContext, tenant: str, make_token: TokenFactory
 ) -> None:
     admin = _admin(make_token, tenant)
-    await _post_agent(
-        client, admin, name="busy", offline={"script": [{"text": "...", "delay_ms": 30_000}]}
-    )
+    slow = {"offline": {"script": [{"text": "thinking", "delay_ms": 30_000}]}}
+    await _post_agent(client, admin, name="busy", **slow)
     session = await _start(client, admin, "busy")
     runtime = RuntimeSettings(
         lease_ttl_seconds=3, heartbeat_interval_seconds=0.5, reaper_interval_seconds=0.5,
@@ -652,24 +651,20 @@ async def test_disabling_an_agent_cancels_its_running_sessions_at_the_next_safe_
     stop = asyncio.Event()
     pool_task = asyncio.create_task(pool.run(stop))
 
-    async def status_becomes(status: str) -> dict[str, Any]:
+    async def reaches(status: str) -> dict[str, Any]:
         deadline = time.monotonic() + 20
         while True:
-            current = dict(
-                (await client.get(f"/v1/sessions/{session['id']}", headers=admin)).json()
-            )
+            response = await client.get(f"/v1/sessions/{session['id']}", headers=admin)
+            current = dict(response.json())
             if current["status"] == status:
                 return current
             assert time.monotonic() < deadline, current
             await asyncio.sleep(0.05)
 
     try:
-        await status_becomes("running")
-        await _post_agent(
-            client, admin, name="busy", enabled=False,
-            offline={"script": [{"text": "...", "delay_ms": 30_000}]},
-        )  # fmt: skip
-        ended = await status_becomes("cancelled")
+        await reaches("running")
+        await _post_agent(client, admin, name="busy", enabled=False, **slow)
+        ended = await reaches("cancelled")
     finally:
         stop.set()
         await pool_task

@@ -8,7 +8,7 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -146,13 +146,6 @@ async def test_create_with_a_pinned_agent_version(
     assert (await _create(client, headers, "pinned", version=1))["agent_version"] == 1
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="app/api/deps.py: `get_db` is a yield dependency of FastAPI's default `request` "
-    "scope, so it commits after the response is sent; `Depends(get_db, scope='function')` "
-    "commits before it",
-)
 async def test_the_session_is_committed_before_the_202_is_sent(
     app: FastAPI, context: AppContext, tenant: str, make_token: TokenFactory
 ) -> None:
@@ -184,7 +177,7 @@ async def test_the_session_is_committed_before_the_202_is_sent(
     rows_when_sent: list[tuple[int, int]] = []
     statuses: list[int] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
             rows_when_sent.append(await _rows(context, tenant))
@@ -377,12 +370,6 @@ def _small_body_app(context_factory: Any) -> FastAPI:
 _BIG_BODY = {"agent": "support", "input": "x" * 5000}
 
 
-@pytest.mark.xfail(
-    raises=AttributeError,
-    strict=True,
-    reason="app/api/middleware.py `_route_template` reads `.path` of FastAPI's `_IncludedRouter` "
-    "after refusing a declared Content-Length, so the app raises once the 413 is sent",
-)
 async def test_a_declared_body_over_the_size_limit_is_413_and_writes_nothing(
     context_factory: Any, context: AppContext, tenant: str, make_token: TokenFactory
 ) -> None:
