@@ -424,9 +424,20 @@ class EmbeddedRedis:
             ) from exc
         deadline = time.monotonic() + self.start_timeout_seconds
         while time.monotonic() < deadline:
-            if self.socket_path.exists() and self._pid() is not None:
+            if self._pid() is not None and self._answers_ping():
                 return
             time.sleep(0.02)
+
+    def _answers_ping(self) -> bool:
+        """The server accepts connections and answers (not just: its socket file exists)."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.settimeout(1.0)
+                client.connect(str(self.socket_path))
+                client.sendall(b"PING\r\n")
+                return client.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
 
 def _is_zombie_or_foreign(pid: int) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, update
@@ -22,8 +22,7 @@ from app.db.ids import new_id
 from app.errors import ValidationFailed
 from app.sessions import repository, transitions
 from app.sessions.errors import SessionFinished
-from app.sessions.events import state_event
-from app.sessions.models import Session, SessionEvent
+from app.sessions.models import Session
 from app.sessions.schemas import (
     EventList,
     EventView,
@@ -83,37 +82,47 @@ async def create(scope: TenantScope, principal: Principal, body: SessionCreate) 
             raise AgentNotFound(f"agent {agent.name} has no version {body.version}")
         version = requested
     definition = AgentDefinition.model_validate(version.definition)
-    now = datetime.now(UTC)
-    session = Session(
+    row = await transitions.insert_queued(
+        await driver_connection(db),
         session_id=new_id("ses"),
         tenant_id=scope.tenant_id,
         agent_id=agent.agent_id,
         agent_name=agent.name,
         agent_version=version.version,
         priority=body.priority,
-        input=body.input,
-        session_metadata=body.metadata,
+        session_input=body.input,
+        metadata=body.metadata,
         subject=body.subject,
         created_by=principal.sub,
         webhook_url=body.webhook_url,
         trace_id=secrets.token_hex(16),
-        deadline_at=now + timedelta(seconds=definition.limits.deadline_seconds),
-        event_seq=1,
+        deadline_seconds=definition.limits.deadline_seconds,
     )
-    db.add(session)
-    await db.flush()
-    db.add(
-        SessionEvent(
-            session_id=session.session_id,
-            seq=1,
-            type=state_event(SessionStatus.QUEUED),
-            data={"status": "queued"},
-        )
+    return view_of_new(row, session_input=body.input, metadata=body.metadata)
+
+
+def view_of_new(row: Any, *, session_input: Any, metadata: dict[str, Any]) -> SessionView:
+    """The view of a session just inserted: its RETURNING row, and the JSON values it was
+    given (the jsonb columns need no round trip through the driver's codecs)."""
+    return SessionView(
+        id=row["session_id"],
+        agent=row["agent_name"],
+        agent_version=row["agent_version"],
+        status=SessionStatus(row["status"]),
+        input=session_input,
+        result=None,
+        error=None,
+        turns=0,
+        usage=Usage(input_tokens=0, output_tokens=0, cost_usd=0.0),
+        priority=row["priority"],
+        metadata=metadata,
+        parent_id=row["parent_id"],
+        trace_id=row["trace_id"],
+        cancel_requested=False,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        finished_at=None,
     )
-    await db.flush()
-    await transitions.notify_queued(await driver_connection(db), session.session_id)
-    await db.refresh(session)
-    return view(session)
 
 
 async def get(scope: TenantScope, session_id: str) -> SessionView:

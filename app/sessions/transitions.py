@@ -177,3 +177,47 @@ async def requeue_expired(conn: asyncpg.Connection, limit: int = 100) -> list[st
 async def notify_queued(conn: asyncpg.Connection, session_id: str) -> None:
     """Wake workers for a session that was just queued (delivered at commit)."""
     await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{session_id}:queued")
+
+
+_INSERT_QUEUED = f"""
+WITH s AS (
+    INSERT INTO sessions (session_id, tenant_id, agent_id, agent_name, agent_version, priority,
+                          input, metadata, subject, created_by, webhook_url, trace_id,
+                          deadline_at, event_seq)
+    VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12,
+            now() + make_interval(secs => $13), 1)
+    RETURNING *
+), logged AS (
+    INSERT INTO session_events (session_id, seq, type, data)
+    SELECT session_id, 1, '{state_event(SessionStatus.QUEUED)}', '{{"status": "queued"}}'::jsonb FROM s
+)
+SELECT s.*, pg_notify('{NOTIFY_CHANNEL}', s.session_id || ':queued') AS notified FROM s
+"""
+
+
+async def insert_queued(
+    conn: asyncpg.Connection,
+    *,
+    session_id: str,
+    tenant_id: str,
+    agent_id: str,
+    agent_name: str,
+    agent_version: int,
+    priority: int,
+    session_input: Any,
+    metadata: dict[str, Any],
+    subject: str | None,
+    created_by: str,
+    webhook_url: str | None,
+    trace_id: str,
+    deadline_seconds: float,
+) -> asyncpg.Record:
+    """A new session in `queued`, its first event, and the wake-up — one statement."""
+    row = await conn.fetchrow(
+        _INSERT_QUEUED,
+        session_id, tenant_id, agent_id, agent_name, agent_version, priority,
+        json.dumps(session_input), json.dumps(metadata), subject, created_by, webhook_url,
+        trace_id, deadline_seconds,
+    )  # fmt: skip
+    assert row is not None
+    return row

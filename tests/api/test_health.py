@@ -50,3 +50,36 @@ async def test_readyz_names_redis_when_down_and_recovers(
                 break
             await asyncio.sleep(0.1)
         assert recovered is not None and recovered.status_code == 200
+
+
+async def test_request_id_is_echoed_or_generated(client: httpx.AsyncClient) -> None:
+    echoed = await client.get("/healthz", headers={"X-Request-ID": "req-abc.123"})
+    assert echoed.headers["x-request-id"] == "req-abc.123"
+    generated = await client.get("/healthz")
+    assert len(generated.headers["x-request-id"]) == 32
+    # A malformed id is replaced, not echoed (no header injection through it).
+    replaced = await client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
+    assert replaced.headers["x-request-id"] != "bad id with spaces"
+    problem = await client.get("/no/such/route", headers={"X-Request-ID": "req-404"})
+    assert problem.status_code == 404 and problem.json()["request_id"] == "req-404"
+
+
+async def test_openapi_and_docs_render(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path in (
+        "/v1/me",
+        "/v1/sessions",
+        "/v1/sessions/{session_id}",
+        "/v1/agents",
+        "/v1/tools",
+        "/readyz",
+    ):
+        assert path in spec["paths"], path
+    docs = await client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+async def test_method_not_allowed_is_a_problem(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/v1/me")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/problem+json"
