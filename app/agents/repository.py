@@ -3,9 +3,11 @@ platform agent (tenant_id NULL); the tenant's own wins on a name clash."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.agents.models import Agent, AgentVersion
@@ -110,3 +112,40 @@ async def bump_version(
     agent.latest_version, agent.updated_at = row
     agent.enabled = enabled
     return True
+
+
+@dataclass(frozen=True)
+class AgentForSession:
+    agent_id: str
+    name: str
+    enabled: bool
+    version: int
+    definition: dict[str, Any]
+
+
+_FOR_SESSION = text(
+    """
+    SELECT a.agent_id, a.name, a.enabled, v.version, v.definition
+    FROM agents a
+    JOIN agent_versions v ON v.agent_id = a.agent_id
+        AND v.version = COALESCE(CAST(:version AS integer), a.latest_version)
+    WHERE a.name = :name AND (a.tenant_id = :tenant_id OR a.tenant_id IS NULL)
+    ORDER BY a.tenant_id IS NULL
+    LIMIT 1
+    FOR SHARE OF a
+    """
+).columns(definition=JSONB)
+
+
+async def for_new_session(
+    db: AsyncSession, tenant_id: str, name: str, version: int | None
+) -> AgentForSession | None:
+    """The agent a new session will run (its current or the requested version), in one round
+    trip, its row read `FOR SHARE` until commit so the kill switch cannot miss the session
+    (a disable waits for this transaction, or this read waits for the disable)."""
+    row = (
+        await db.execute(_FOR_SESSION, {"tenant_id": tenant_id, "name": name, "version": version})
+    ).one_or_none()
+    if row is None:
+        return None
+    return AgentForSession(row.agent_id, row.name, row.enabled, row.version, row.definition)

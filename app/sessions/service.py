@@ -13,9 +13,7 @@ from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.agents import repository as agents_repository
-from app.agents import service as agents_service
 from app.agents.errors import AgentDisabled, AgentNotFound
-from app.agents.schemas import AgentDefinition
 from app.api.auth import Principal
 from app.db.engine import driver_connection
 from app.db.ids import new_id
@@ -69,26 +67,24 @@ def view(session: Session) -> SessionView:
 async def create(scope: TenantScope, principal: Principal, body: SessionCreate) -> SessionView:
     """Queue a session of the agent's current (or requested) version and wake a worker."""
     db = scope.db
-    # Share-locked until commit, so the kill switch cannot miss this session: disabling waits
-    # for it (then cancels it), or it waits for the disable (then sees it).
-    agent, version = await agents_service.get_visible(
-        db, scope.tenant_id, body.agent, share_lock=True
-    )
+    agent = await agents_repository.for_new_session(db, scope.tenant_id, body.agent, body.version)
+    if agent is None:
+        if body.version is not None and await agents_repository.find_visible(
+            db, scope.tenant_id, body.agent
+        ):
+            raise AgentNotFound(f"agent {body.agent} has no version {body.version}")
+        raise AgentNotFound(f"agent {body.agent} not found")
     if not agent.enabled:
         raise AgentDisabled(f"agent {agent.name} is disabled: new sessions are refused")
-    if body.version is not None and body.version != version.version:
-        requested = await agents_repository.get_version(db, agent.agent_id, body.version)
-        if requested is None:
-            raise AgentNotFound(f"agent {agent.name} has no version {body.version}")
-        version = requested
-    definition = AgentDefinition.model_validate(version.definition)
+    # Stored definitions are complete (dumped from AgentDefinition): read the one field.
+    deadline_seconds = float(agent.definition["limits"]["deadline_seconds"])
     row = await transitions.insert_queued(
         await driver_connection(db),
         session_id=new_id("ses"),
         tenant_id=scope.tenant_id,
         agent_id=agent.agent_id,
         agent_name=agent.name,
-        agent_version=version.version,
+        agent_version=agent.version,
         priority=body.priority,
         session_input=body.input,
         metadata=body.metadata,
@@ -96,7 +92,7 @@ async def create(scope: TenantScope, principal: Principal, body: SessionCreate) 
         created_by=principal.sub,
         webhook_url=body.webhook_url,
         trace_id=secrets.token_hex(16),
-        deadline_seconds=definition.limits.deadline_seconds,
+        deadline_seconds=deadline_seconds,
     )
     return view_of_new(row, session_input=body.input, metadata=body.metadata)
 
