@@ -498,7 +498,9 @@ class SessionRun:
             raise LeaseLost(self.claimed.session_id)
         if self.cancel_event.is_set():
             await self._end(SessionStatus.CANCELLED, error=("cancelled", "cancelled on request"))
-        if self.drain_event.is_set():
+        if self.drain_event.is_set() and not before_side_effect:
+            # Draining lets the step in flight finish — its tools included — and hands the
+            # session back between steps, so no tool is left `started` by a clean shutdown.
             await self._release("worker shutting down")
         if before_side_effect and not self.lease.still_valid():
             # Our lease may have expired while we were stalled: another worker may own the
@@ -587,8 +589,13 @@ class SessionRun:
         result: Any = None,
         error: tuple[str, str] | None = None,
     ) -> None:
-        """End the session (fenced) and stop this run."""
-        async with self.deps.store.pool.acquire() as connection:
+        """End the session (fenced) and stop this run. Tool calls recorded `started` that
+        will now never run (a cancel between a response and its tools) become `cancelled`."""
+        async with self.deps.store.pool.acquire() as connection, connection.transaction():
+            if status is SessionStatus.CANCELLED:
+                await self.deps.store.cancel_unstarted_calls(
+                    self.claimed.session_id, self.lease.epoch, connection=connection
+                )
             changed = await transitions.change(
                 connection,
                 self.claimed.session_id,

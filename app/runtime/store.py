@@ -95,6 +95,13 @@ SELECT $1, s.event_seq, 'platform.note', $3::jsonb FROM s
 RETURNING seq
 """
 
+_CANCEL_UNSTARTED = """
+UPDATE tool_calls c SET status = 'cancelled', error = 'cancelled before it ran', finished_at = now()
+FROM sessions s
+WHERE c.session_id = $1 AND c.status = 'started'
+  AND s.session_id = $1 AND s.lease_epoch = $2 AND s.status = 'running'
+"""
+
 _HEARTBEAT = """
 UPDATE sessions s SET lease_expires_at = now() + make_interval(secs => $3)
 FROM unnest($1::text[], $2::bigint[]) AS held(session_id, epoch)
@@ -200,6 +207,12 @@ class RuntimeStore:
     async def record_note(self, session_id: str, epoch: int, note: dict[str, Any]) -> None:
         if await self.pool.fetchrow(_RECORD_NOTE, session_id, epoch, _dumps(note)) is None:
             raise LeaseLost(session_id)
+
+    async def cancel_unstarted_calls(
+        self, session_id: str, epoch: int, *, connection: asyncpg.Connection
+    ) -> None:
+        """Mark the session's `started` tool calls `cancelled` (fenced)."""
+        await connection.execute(_CANCEL_UNSTARTED, session_id, epoch)
 
     async def heartbeat(
         self, worker_id: str, leases: dict[str, int], ttl_seconds: float

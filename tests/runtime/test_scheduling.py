@@ -1,0 +1,162 @@
+"""Scheduling: priorities, per-tenant running caps, graceful shutdown on SIGTERM, and the
+in-process pool of `serve --workers N`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from app.api.context import AppContext
+from tests.conftest import PROJECT_ROOT, TEST_JWT_SECRET, TokenFactory, bearer
+from tests.runtime.conftest import Api, PoolFactory, script
+from tests.runtime.processes import WorkerProcess
+
+
+async def _running_count(context: AppContext, tenant: str) -> int:
+    async with context.session_factory() as db:
+        return int(
+            (
+                await db.execute(
+                    text(
+                        "SELECT count(*) FROM sessions WHERE tenant_id = :t AND status = 'running'"
+                    ),
+                    {"t": tenant},
+                )
+            ).scalar_one()
+        )
+
+
+async def test_higher_priority_sessions_are_claimed_first(
+    api: Api, start_pool: PoolFactory, context: AppContext
+) -> None:
+    await api.create_agent(name="quick", **script({"text": "done"}))
+    low = [(await api.start("quick", f"low {i}", priority=-5))["id"] for i in range(5)]
+    high = [(await api.start("quick", f"high {i}", priority=50))["id"] for i in range(5)]
+    await start_pool(concurrency=1)
+    finished: dict[str, Any] = {}
+    for session_id in low + high:
+        finished[session_id] = (await api.wait(session_id))["finished_at"]
+    assert max(finished[s] for s in high) < min(finished[s] for s in low)
+
+
+async def test_a_tenant_never_runs_more_than_its_cap(
+    api: Api, start_pool: PoolFactory, context: AppContext
+) -> None:
+    await api.create_agent(name="slow", **script({"text": "working", "delay_ms": 300}))
+    await api.http.get("/v1/me", headers=api.headers)  # the tenant exists
+    async with context.session_factory.begin() as db:
+        await db.execute(
+            text("UPDATE tenants SET max_running_sessions = 2 WHERE tenant_id = :t"),
+            {"t": api.tenant},
+        )
+    ids = [(await api.start("slow", f"s{i}"))["id"] for i in range(8)]
+    await start_pool(concurrency=8)
+    peak = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        peak = max(peak, await _running_count(context, api.tenant))
+        statuses = {(await api.get(s))["status"] for s in ids}
+        if statuses == {"completed"}:
+            break
+        await asyncio.sleep(0.02)
+    assert statuses == {"completed"}
+    assert peak == 2
+
+
+async def test_sigterm_releases_the_session_and_another_worker_finishes_it(
+    api: Api, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    await api.create_agent(
+        name="long",
+        tools=["lookup_order"],
+        **script(
+            {
+                "tool_use": [{"name": "lookup_order", "input": {"order_id": "ord_1001"}}],
+                "delay_ms": 1500,
+            },
+            {
+                "tool_use": [{"name": "lookup_order", "input": {"order_id": "ord_1002"}}],
+                "delay_ms": 1500,
+            },
+            {"text": "end"},
+        ),
+    )
+    first = WorkerProcess(database_url, redis_url, tmp_path / "first.log", lease_seconds=10)
+    second: WorkerProcess | None = None
+    try:
+        session = await api.start("long", "go")
+        await api.wait(session["id"], until=("running",))
+        first.signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = await asyncio.to_thread(first.wait_exit, 20)
+        assert code == 0, first.log()[-2000:]
+        assert time.monotonic() - started < 10  # finished the step in flight, then left
+        released = await api.get(session["id"])
+        assert released["status"] == "queued"  # handed back at once, not after the 10 s lease
+        events = await api.events(session["id"])
+        assert (
+            events[-1]["type"] == "session.queued"
+            and events[-1]["data"]["reason"] == "worker shutting down"
+        )
+        second = WorkerProcess(database_url, redis_url, tmp_path / "second.log")
+        done = await api.wait(session["id"], within_seconds=30)
+        assert done["status"] == "completed" and done["turns"] == 3
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+async def test_serve_with_workers_runs_sessions_in_the_api_process(
+    database_url: str, redis_url: str, tenant: str, make_token: TokenFactory, tmp_path: Path
+) -> None:
+    port = 18000 + os.getpid() % 1000
+    env = {
+        **os.environ, "ENVIRONMENT": "test", "AUTH_JWT_SECRET": TEST_JWT_SECRET,
+        "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_JSON": "false",
+    }  # fmt: skip
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(  # noqa: ASYNC220 (started once; then the test talks HTTP to it)
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        headers = bearer(make_token(tenant))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            for _ in range(100):
+                try:
+                    if (await http.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            created = await http.post(
+                "/v1/sessions",
+                json={"agent": "support", "input": {"order_id": "ord_1003", "amount": 1}},
+                headers=headers,
+            )
+            assert created.status_code == 202, created.text
+            for _ in range(100):
+                session = (
+                    await http.get(f"/v1/sessions/{created.json()['id']}", headers=headers)
+                ).json()
+                if session["status"] == "completed":
+                    break
+                await asyncio.sleep(0.1)
+            assert session["status"] == "completed", session
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(server.wait, 30)
+        log.close()
+    # uvicorn re-raises the signal it handled once shutdown is complete.
+    assert server.returncode in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
