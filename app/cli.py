@@ -95,13 +95,14 @@ def _ensure_migrated(settings: Settings, database_url: str, migrate: bool) -> st
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import uvloop
 
-    from app.embedded import resolve_database_url
+    from app.embedded import resolve_database_url, resolve_redis_url
     from app.worker_main import run_worker
 
     database_url = resolve_database_url(settings)
     if problem := _ensure_migrated(settings, database_url, args.migrate):
         return _fail(problem)
-    uvloop.run(run_worker(settings, database_url, args.concurrency))
+    redis_url = resolve_redis_url(settings)
+    uvloop.run(run_worker(settings, database_url, args.concurrency, redis_url))
     return 0
 
 

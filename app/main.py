@@ -20,6 +20,7 @@ from app.embedded import resolve_database_url, resolve_redis_url
 from app.llm.providers import ModelResolver
 from app.redis_client import create_redis
 from app.runtime.worker import WorkerPool
+from app.sessions.feed import SessionFeedHub
 from app.settings import Settings, get_settings
 from app.tenants.service import TenantRegistry
 from app.tools.registry import ToolRegistry
@@ -37,22 +38,29 @@ def build_context(
     database_url = database_url or resolve_database_url(settings)
     redis_url = redis_url or resolve_redis_url(settings)
     engine = create_engine(settings.database, database_url)
+    session_factory = create_session_factory(engine)
     return AppContext(
         settings=settings,
         database_url=database_url,
         redis_url=redis_url,
         engine=engine,
-        session_factory=create_session_factory(engine),
+        session_factory=session_factory,
         redis=create_redis(settings.redis, redis_url),
         rate_limiter=RateLimiter(settings.rate_limit, settings.redis, redis_url),
         token_verifier=TokenVerifier(settings.auth),
         tenants=TenantRegistry(settings.tenant_defaults),
         tools=ToolRegistry(),
         models=ModelResolver(),
+        feed=SessionFeedHub(
+            session_factory,
+            redis_url,
+            connect_timeout_seconds=settings.redis.connect_timeout_seconds,
+        ),
     )
 
 
 async def close_context(context: AppContext) -> None:
+    await context.feed.stop()
     await context.rate_limiter.close()
     await context.redis.aclose()
     await context.engine.dispose()
@@ -80,6 +88,8 @@ def create_app(
                 session_factory=context.session_factory,
                 models=context.models,
                 tools=context.tools,
+                redis_url=context.redis_url,
+                redis_timeout_seconds=settings.redis.socket_timeout_seconds,
             )
             pool_task = asyncio.create_task(pool.run(stop), name="in-process-worker-pool")
         try:

@@ -117,6 +117,9 @@ class ApiSettings(BaseSettings):
     model_config = _group("API_")
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    sse_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, le=300, description="Idle event streams get a comment this often"
+    )
     metrics_token: SecretStr | None = Field(
         default=None, description="If set, /metrics requires `Authorization: Bearer <token>`"
     )

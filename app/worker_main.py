@@ -33,6 +33,7 @@ def build_pool(
     *,
     models: ModelResolver | None = None,
     tools: ToolRegistry | None = None,
+    redis_url: str | None = None,
 ) -> tuple[WorkerPool, object]:
     """A pool and the engine its tools use (dispose it after the pool stops)."""
     engine = create_engine(settings.database, database_url)
@@ -43,15 +44,19 @@ def build_pool(
         session_factory=create_session_factory(engine),
         models=models,
         tools=tools,
+        redis_url=redis_url,
+        redis_timeout_seconds=settings.redis.socket_timeout_seconds,
     )
     return pool, engine
 
 
-async def run_worker(settings: Settings, database_url: str, concurrency: int) -> None:
+async def run_worker(
+    settings: Settings, database_url: str, concurrency: int, redis_url: str | None = None
+) -> None:
     """`agent-platform worker`: run a pool until SIGTERM/SIGINT, then drain."""
     tools = ToolRegistry()
     await load_agents(settings, database_url, tools)
-    pool, engine = build_pool(settings, database_url, concurrency, tools=tools)
+    pool, engine = build_pool(settings, database_url, concurrency, tools=tools, redis_url=redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

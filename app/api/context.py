@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.api.auth import TokenVerifier
 from app.api.rate_limit import RateLimiter
 from app.llm.providers import ModelResolver
+from app.sessions.feed import SessionFeedHub
 from app.settings import Settings
 from app.tenants.service import TenantRegistry
 from app.tools.registry import ToolRegistry
@@ -28,3 +29,4 @@ class AppContext:
     tenants: TenantRegistry
     tools: ToolRegistry
     models: ModelResolver
+    feed: SessionFeedHub

@@ -34,5 +34,5 @@ def configure_logging(level: str, *, json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access",):
+    for noisy in ("uvicorn.access", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -489,6 +489,7 @@ class SessionRun:
             )
             if changed is None:
                 raise LeaseLost(self.claimed.session_id)
+        self.deps.store.announce(self.claimed.session_id)
         raise SessionEnded
 
     # -- safe points, limits, endings -----------------------------------------------------
@@ -607,6 +608,7 @@ class SessionRun:
             )
         if changed is None:
             raise LeaseLost(self.claimed.session_id)
+        self.deps.store.announce(self.claimed.session_id)
         raise SessionEnded
 
     async def _release(self, reason: str) -> None:
@@ -620,6 +622,7 @@ class SessionRun:
                 detail={"reason": reason},
                 from_statuses=["running"],
             )
+        self.deps.store.announce(self.claimed.session_id)
         raise SessionEnded
 
 

@@ -12,6 +12,7 @@ Status changes go through `app.sessions.transitions`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -156,8 +157,14 @@ def _dumps(value: Any) -> str:
 
 
 class RuntimeStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, announce: Callable[[str], None] | None = None) -> None:
         self.pool = pool
+        self._announce = announce
+
+    def announce(self, session_id: str) -> None:
+        """Tell followers the session has new events (after the write committed)."""
+        if self._announce is not None:
+            self._announce(session_id)
 
     async def record_model_response(
         self,
@@ -182,6 +189,8 @@ class RuntimeStore:
             row = await self.pool.fetchrow(_RECORD_RESPONSE, *args)
         if row is None:
             raise LeaseLost(session_id)
+        if connection is None:
+            self.announce(session_id)
         return int(row["turns"])
 
     async def record_tool_result(
@@ -203,10 +212,12 @@ class RuntimeStore:
         )  # fmt: skip
         if row is None:
             raise LeaseLost(session_id)
+        self.announce(session_id)
 
     async def record_note(self, session_id: str, epoch: int, note: dict[str, Any]) -> None:
         if await self.pool.fetchrow(_RECORD_NOTE, session_id, epoch, _dumps(note)) is None:
             raise LeaseLost(session_id)
+        self.announce(session_id)
 
     async def cancel_unstarted_calls(
         self, session_id: str, epoch: int, *, connection: asyncpg.Connection

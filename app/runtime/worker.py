@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import asyncpg
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.llm.providers import ModelResolver
@@ -32,6 +33,7 @@ from app.runtime.loop import Claimed, Lease, RunDeps, SessionRun
 from app.runtime.store import RuntimeStore, asyncpg_dsn, create_pool
 from app.sessions import transitions
 from app.sessions.events import NOTIFY_CHANNEL
+from app.sessions.feed import publish_session_news
 from app.settings import RuntimeSettings
 from app.tools.registry import ToolRegistry
 
@@ -58,6 +60,8 @@ class WorkerPool:
         models: ModelResolver | None = None,
         tools: ToolRegistry | None = None,
         worker_id: str | None = None,
+        redis_url: str | None = None,
+        redis_timeout_seconds: float = 0.25,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -74,13 +78,25 @@ class WorkerPool:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self.claimed_total = 0
+        # Followers of a session (SSE, long-polls) hear of new events through Redis.
+        self._redis = (
+            None
+            if redis_url is None
+            else Redis.from_url(
+                redis_url,
+                socket_timeout=redis_timeout_seconds,
+                socket_connect_timeout=redis_timeout_seconds,
+            )
+        )
+        self._redis_timeout_seconds = redis_timeout_seconds
+        self._publishing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down gracefully."""
         self._pool = await create_pool(self.database_url, max_size=min(self.concurrency + 4, 64))
-        store = RuntimeStore(self._pool)
+        store = RuntimeStore(self._pool, announce=self._announce)
         deps = RunDeps(
             store=store,
             models=self.models,
@@ -140,8 +156,19 @@ class WorkerPool:
             task = asyncio.create_task(run.run(), name=f"session-{claimed.session_id}")
             self.runs[claimed.session_id] = (run, task)
             task.add_done_callback(self._finished_callback(claimed.session_id))
+            self._announce(claimed.session_id)  # its `session.running` event
         self.claimed_total += len(rows)
         return len(rows)
+
+    def _announce(self, session_id: str) -> None:
+        """Publish that the session has new events, without waiting for it (best effort)."""
+        if self._redis is None:
+            return
+        task = asyncio.create_task(
+            publish_session_news(self._redis, session_id, self._redis_timeout_seconds)
+        )
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     def _finished_callback(self, session_id: str) -> Callable[[asyncio.Task[None]], None]:
         def finished(_task: asyncio.Task[None]) -> None:
@@ -173,6 +200,10 @@ class WorkerPool:
                 await self._listener.close(timeout=2)
         if self._pool is not None:
             await self._pool.close()
+        if self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
+        if self._redis is not None:
+            await self._redis.aclose()
         logger.info("worker %s stopped", self.worker_id)
 
     # -- background duties -------------------------------------------------------------------

@@ -124,3 +124,20 @@ def script(*turns: dict[str, Any]) -> dict[str, Any]:
 
 def call(name: str, **arguments: Any) -> dict[str, Any]:
     return {"name": name, "input": arguments}
+
+
+@pytest.fixture(autouse=True)
+async def _leave_no_queued_sessions(tenant: str, context: AppContext) -> AsyncIterator[None]:
+    """Sessions a test leaves queued (a flood it did not wait for) would be claimed by the
+    next test's workers; end them once the test is over (test clean-up, not a transition)."""
+    yield
+    from sqlalchemy import text
+
+    async with context.session_factory.begin() as db:
+        await db.execute(
+            text(
+                "UPDATE sessions SET status = 'cancelled', finished_at = now() "
+                "WHERE tenant_id LIKE :prefix AND status = 'queued'"
+            ),
+            {"prefix": f"{tenant}%"},
+        )

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Query, Request, status
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api import idempotency
-from app.api.deps import ClientPrincipal, CurrentPrincipal, Scope
+from app.api.deps import ClientPrincipal, Context, CurrentPrincipal, Scope
+from app.errors import ValidationFailed
 from app.sessions import service as sessions_service
-from app.sessions.schemas import EventList, SessionCreate, SessionList, SessionView, ToolCallList
+from app.sessions.schemas import SessionCreate, SessionList, SessionView, ToolCallList
 from app.sessions.states import SessionStatus
+from app.sessions.streaming import stream_events, wait_for_settled
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 CREATE_SCOPE = "POST /v1/sessions"
@@ -62,8 +64,32 @@ async def list_sessions(
     )
 
 
-@router.get("/{session_id}", summary="A session's status, result, usage")
-async def get_session(session_id: str, principal: CurrentPrincipal, scope: Scope) -> SessionView:
+@router.get("/{session_id}", summary="A session's status, result, usage (optionally long-polled)")
+async def get_session(
+    session_id: str,
+    principal: CurrentPrincipal,
+    scope: Scope,
+    context: Context,
+    wait_seconds: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=60,
+            description="Answer when the session finishes or waits on a reviewer or input, or after this long",
+        ),
+    ] = 0,
+) -> SessionView:
+    session = await sessions_service.get(scope, session_id)
+    if wait_seconds <= 0 or session.status.is_terminal or session.status.is_waiting:
+        return session
+
+    async def settled() -> bool:
+        scope.db.expire_all()
+        current = await sessions_service.get(scope, session_id)
+        return current.status.is_terminal or current.status.is_waiting
+
+    await wait_for_settled(context.feed, session_id, wait_seconds, settled)
+    scope.db.expire_all()
     return await sessions_service.get(scope, session_id)
 
 
@@ -72,19 +98,50 @@ async def get_session(session_id: str, principal: CurrentPrincipal, scope: Scope
     status_code=status.HTTP_202_ACCEPTED,
     summary="Cancel at the next safe point",
 )
-async def cancel_session(session_id: str, principal: ClientPrincipal, scope: Scope) -> SessionView:
-    return await sessions_service.cancel(scope, session_id)
+async def cancel_session(
+    session_id: str, principal: ClientPrincipal, scope: Scope, context: Context
+) -> SessionView:
+    session = await sessions_service.cancel(scope, session_id)
+    scope.db.info.setdefault("after_commit", []).append(lambda: context.feed.announce(session_id))
+    return session
 
 
-@router.get("/{session_id}/events", summary="The ordered event history")
+@router.get(
+    "/{session_id}/events",
+    summary="The ordered event history; with `Accept: text/event-stream`, a live stream",
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def session_events(
     session_id: str,
     principal: CurrentPrincipal,
     scope: Scope,
+    context: Context,
+    request: Request,
     after: Annotated[int, Query(ge=0, description="Events after this id")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-) -> EventList:
-    return await sessions_service.events(scope, session_id, after_id=after, limit=limit)
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Any:
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return await sessions_service.events(scope, session_id, after_id=after, limit=limit)
+    session = await sessions_service.get(scope, session_id)  # 404 for another tenant's
+    resume_after = after
+    if last_event_id is not None:
+        if not last_event_id.isdigit():
+            raise ValidationFailed("Last-Event-ID must be an event id (a number)")
+        resume_after = int(last_event_id)
+    # The stream outlives this request's database session: release it now.
+    await scope.db.commit()
+    return StreamingResponse(
+        stream_events(
+            context.feed,
+            session_id,
+            after_event_id=resume_after,
+            session_finished=session.status.is_terminal,
+            heartbeat_seconds=context.settings.api.sse_heartbeat_seconds,
+        ),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.get("/{session_id}/tool-calls", summary="The durable tool-call ledger")

@@ -1,0 +1,203 @@
+"""Live session events for followers: one hub per API process.
+
+Workers publish a session's id on the Redis channel `agent:session-events` after each
+committed write (`publish_session_news`). The hub of each API process subscribes once; for
+a session somebody follows it reads the new events from the database *once* and hands them
+to every follower in the process, so two hundred followers of one session cost one query
+per event, and nobody polls in a loop.
+
+Declared behaviour without Redis (down or stalled): the hub checks the database for the
+sessions being followed every `fallback_poll_seconds`, so events arrive late but none is
+lost; a safety-net check every `safety_poll_seconds` also covers a publish lost to a worker
+crash between its commit and its publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.observability import metrics
+from app.sessions.models import SessionEvent
+
+logger = logging.getLogger(__name__)
+NEWS_CHANNEL = "agent:session-events"
+
+
+async def publish_session_news(redis: Redis, session_id: str, timeout_seconds: float) -> None:
+    """Best effort: followers also find events through the hub's safety-net check."""
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            await redis.publish(NEWS_CHANNEL, session_id)
+    except Exception as exc:
+        metrics.REDIS_FALLBACKS.labels(feature="session_news").inc()
+        logger.debug("could not publish session news: %r", exc)
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    event_id: int
+    seq: int
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: SessionEvent) -> FeedEvent:
+        return cls(row.event_id, row.seq, row.type, row.data, row.created_at)
+
+
+@dataclass
+class _Feed:
+    last_event_id: int
+    followers: set[asyncio.Queue[FeedEvent]] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class SessionFeedHub:
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        redis_url: str,
+        *,
+        connect_timeout_seconds: float = 0.5,
+        fallback_poll_seconds: float = 1.0,
+        safety_poll_seconds: float = 5.0,
+    ) -> None:
+        self.session_factory = session_factory
+        # Its own connection: a subscriber blocks on reads, which the request client's
+        # short socket timeout would turn into errors.
+        self.redis = Redis.from_url(
+            redis_url, socket_connect_timeout=connect_timeout_seconds, health_check_interval=10
+        )
+        self.fallback_poll_seconds = fallback_poll_seconds
+        self.safety_poll_seconds = safety_poll_seconds
+        self._feeds: dict[str, _Feed] = {}
+        self._redis_ok = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def _ensure_started(self) -> None:
+        if not self._tasks:
+            self._start()
+
+    def _start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="feed-listen"),
+            asyncio.create_task(self._safety_net(), name="feed-safety-net"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.redis.aclose()
+
+    # -- following ------------------------------------------------------------------------
+
+    async def backlog(
+        self, session_id: str, after_event_id: int, limit: int = 1000
+    ) -> list[FeedEvent]:
+        async with self.session_factory() as db:
+            rows = await db.execute(
+                select(SessionEvent)
+                .where(
+                    SessionEvent.session_id == session_id, SessionEvent.event_id > after_event_id
+                )
+                .order_by(SessionEvent.event_id)
+                .limit(limit)
+            )
+            return [FeedEvent.of(row) for row in rows.scalars()]
+
+    @contextlib.asynccontextmanager
+    async def follow(self, session_id: str) -> AsyncIterator[asyncio.Queue[FeedEvent]]:
+        """A queue that receives every event of the session committed from now on."""
+        self._ensure_started()
+        feed = self._feeds.get(session_id)
+        if feed is None:
+            async with self.session_factory() as db:
+                last = await db.scalar(
+                    select(func.coalesce(func.max(SessionEvent.event_id), 0)).where(
+                        SessionEvent.session_id == session_id
+                    )
+                )
+            feed = self._feeds.setdefault(session_id, _Feed(last_event_id=int(last or 0)))
+        queue: asyncio.Queue[FeedEvent] = asyncio.Queue()
+        feed.followers.add(queue)
+        try:
+            yield queue
+        finally:
+            feed.followers.discard(queue)
+            if not feed.followers and self._feeds.get(session_id) is feed:
+                del self._feeds[session_id]
+
+    def announce(self, session_id: str, timeout_seconds: float = 0.25) -> None:
+        """After a commit in this process: tell local followers at once and the other
+        processes through Redis (fire and forget)."""
+        for coroutine in (
+            self.news(session_id),
+            publish_session_news(self.redis, session_id, timeout_seconds),
+        ):
+            task = asyncio.create_task(coroutine)
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def news(self, session_id: str) -> None:
+        """Fetch the session's new events once and hand them to its followers here."""
+        feed = self._feeds.get(session_id)
+        if feed is None:
+            return
+        async with feed.lock:
+            events = await self.backlog(session_id, feed.last_event_id)
+            for event in events:
+                feed.last_event_id = max(feed.last_event_id, event.event_id)
+                for queue in feed.followers:
+                    queue.put_nowait(event)
+
+    # -- news sources -----------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(NEWS_CHANNEL)
+                self._redis_ok = True
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        session_id = message["data"].decode()
+                        if session_id in self._feeds:
+                            await self.news(session_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._redis_ok:
+                    logger.warning(
+                        "session news: Redis unavailable, checking the database instead: %r", exc
+                    )
+                self._redis_ok = False
+                metrics.REDIS_FALLBACKS.labels(feature="session_news").inc()
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _safety_net(self) -> None:
+        while True:
+            await asyncio.sleep(
+                self.safety_poll_seconds if self._redis_ok else self.fallback_poll_seconds
+            )
+            for session_id in list(self._feeds):
+                try:
+                    await self.news(session_id)
+                except Exception as exc:
+                    logger.warning("session feed check failed: %r", exc)

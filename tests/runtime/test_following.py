@@ -1,0 +1,162 @@
+"""Following a session live: SSE with lossless resume, many followers, heartbeats; and the
+long-poll of GET /v1/sessions/{id}?wait_seconds=N."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+
+from app.main import create_app
+from app.settings import ApiSettings
+from tests.conftest import client_for, make_settings
+from tests.runtime.conftest import Api, PoolFactory, call, script
+
+TERMINAL = {"session.completed", "session.failed", "session.cancelled", "session.timed_out"}
+
+
+async def _read_sse(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str], *, stop_after: int | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The events of an SSE stream (and its comment lines), until it ends or `stop_after`."""
+    events: list[dict[str, Any]] = []
+    comments: list[str] = []
+    async with http.stream(
+        "GET", url, headers={**headers, "Accept": "text/event-stream"}
+    ) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        frame: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line.startswith(":"):
+                comments.append(line)
+            elif line == "":
+                if "data" in frame:
+                    event = json.loads(frame["data"])
+                    assert str(event["id"]) == frame["id"] and event["type"] == frame["event"]
+                    events.append(event)
+                    if stop_after is not None and len(events) >= stop_after:
+                        break
+                frame = {}
+            else:
+                key, _, value = line.partition(": ")
+                frame[key] = value
+    return events, comments
+
+
+def _slow_agent() -> dict[str, Any]:
+    return {
+        "tools": ["lookup_order"],
+        **script(
+            {"tool_use": [call("lookup_order", order_id="ord_1001")], "delay_ms": 150},
+            {"tool_use": [call("lookup_order", order_id="ord_1002")], "delay_ms": 150},
+            {"text": "done", "delay_ms": 150},
+        ),
+    }
+
+
+async def test_a_live_follower_sees_every_event_in_order_and_the_stream_ends(
+    api: Api, start_pool: PoolFactory
+) -> None:
+    await api.create_agent(name="slow", **_slow_agent())
+    session = await api.start("slow", "go")
+    reader = asyncio.create_task(
+        _read_sse(api.http, f"/v1/sessions/{session['id']}/events", api.headers)
+    )
+    await asyncio.sleep(0.2)
+    await start_pool()
+    events, _ = await asyncio.wait_for(reader, 30)
+    stored = await api.events(session["id"])
+    assert [e["id"] for e in events] == [e["id"] for e in stored]
+    assert events[-1]["type"] == "session.completed"
+    assert [e["type"] for e in events].count("model.response") == 3
+
+
+async def test_reconnect_with_last_event_id_gets_exactly_the_missed_events(
+    api: Api, start_pool: PoolFactory
+) -> None:
+    await api.create_agent(name="slow", **_slow_agent())
+    session = await api.start("slow", "go")
+    url = f"/v1/sessions/{session['id']}/events"
+    await start_pool()
+    first, _ = await _read_sse(api.http, url, api.headers, stop_after=3)  # then disconnect
+    second, _ = await _read_sse(
+        api.http, url, {**api.headers, "Last-Event-ID": str(first[-1]["id"])}
+    )
+    stored = await api.events(session["id"])
+    assert [e["id"] for e in first + second] == [e["id"] for e in stored]  # no loss, no duplicate
+    # Resuming a finished session: the missed events, then the stream ends at once.
+    late, _ = await asyncio.wait_for(
+        _read_sse(api.http, url, {**api.headers, "Last-Event-ID": str(stored[1]["id"])}), 5
+    )
+    assert [e["id"] for e in late] == [e["id"] for e in stored[2:]]
+
+
+async def test_two_hundred_followers_all_receive_every_event(
+    api: Api, start_pool: PoolFactory
+) -> None:
+    await api.create_agent(name="slow", **_slow_agent())
+    session = await api.start("slow", "go")
+    url = f"/v1/sessions/{session['id']}/events"
+    readers = [asyncio.create_task(_read_sse(api.http, url, api.headers)) for _ in range(200)]
+    await asyncio.sleep(1.0)
+    await start_pool()
+    results = await asyncio.wait_for(asyncio.gather(*readers), 60)
+    expected = [e["id"] for e in await api.events(session["id"])]
+    assert all([e["id"] for e in events] == expected for events, _ in results)
+
+
+async def test_idle_streams_get_heartbeats(context_factory: Any, api: Api) -> None:
+    settings = make_settings(api=ApiSettings(sse_heartbeat_seconds=0.2))
+    app = create_app(settings, context=context_factory(settings))
+    await api.create_agent(name="quiet", **script({"text": "x"}))
+    session = await api.start("quiet", "nobody runs me")
+    async with client_for(app) as http:
+        comments: list[str] = []
+
+        async def read() -> None:
+            nonlocal comments
+            _, comments = await _read_sse(http, f"/v1/sessions/{session['id']}/events", api.headers)
+
+        task = asyncio.create_task(read())
+        await asyncio.sleep(1.0)
+        cancel = await http.post(f"/v1/sessions/{session['id']}/cancel", headers=api.headers)
+        assert cancel.status_code == 202
+        await asyncio.wait_for(task, 10)  # the cancel's event ends the stream
+    assert sum(c.startswith(": keep-alive") for c in comments) >= 3
+
+
+async def test_long_poll_returns_soon_after_the_session_finishes(
+    api: Api, start_pool: PoolFactory
+) -> None:
+    await api.create_agent(name="slow", **_slow_agent())
+    session = await api.start("slow", "go")
+    await start_pool()
+    started = time.monotonic()
+    response = await api.http.get(
+        f"/v1/sessions/{session['id']}", params={"wait_seconds": 20}, headers=api.headers
+    )
+    waited = time.monotonic() - started
+    assert response.status_code == 200 and response.json()["status"] == "completed"
+    finished = response.json()["finished_at"]
+    assert waited < 5
+    events = await api.events(session["id"])
+    assert events[-1]["type"] == "session.completed" and finished
+
+
+async def test_long_poll_with_nothing_to_wait_for_returns_after_n_seconds(api: Api) -> None:
+    await api.create_agent(name="quiet", **script({"text": "x"}))
+    session = await api.start("quiet", "nobody runs me")
+    started = time.monotonic()
+    response = await api.http.get(
+        f"/v1/sessions/{session['id']}", params={"wait_seconds": 1}, headers=api.headers
+    )
+    assert 0.9 <= time.monotonic() - started < 3
+    assert response.json()["status"] == "queued"
+    too_long = await api.http.get(
+        f"/v1/sessions/{session['id']}", params={"wait_seconds": 61}, headers=api.headers
+    )
+    assert too_long.status_code == 422
