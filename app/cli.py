@@ -1,4 +1,4 @@
-"""`agent-platform`: serve | worker | migrate | token | services.
+"""`agent-platform`: serve | worker | migrate | token | services | sessions follow.
 
 Every command reads the same settings; with DATABASE_URL / REDIS_URL unset, every command
 attaches to (or starts) the same embedded daemons under `EMBEDDED_DATA_DIR`.
@@ -150,6 +150,19 @@ def cmd_services(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sessions_follow(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from app.sessions.follow_cli import follow
+
+    token = args.token or os.environ.get("AGENT_PLATFORM_TOKEN")
+    if not token:
+        return _fail(
+            "a token is needed: --token or AGENT_PLATFORM_TOKEN (see `agent-platform token`)"
+        )
+    return follow(args.url, token, args.session_id)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent-platform", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     services.add_argument("action", choices=["status", "start", "stop"])
     services.add_argument("--json", action="store_true")
     services.set_defaults(handler=cmd_services)
+    sessions = commands.add_parser("sessions", help="work with sessions over the API")
+    session_commands = sessions.add_subparsers(dest="sessions_command", required=True)
+    follow = session_commands.add_parser("follow", help="print a session's live events")
+    follow.add_argument("session_id")
+    follow.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")
+    follow.add_argument("--token", default=None, help="JWT (default: $AGENT_PLATFORM_TOKEN)")
+    follow.set_defaults(handler=cmd_sessions_follow)
     return parser
 
 
