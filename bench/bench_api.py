@@ -22,8 +22,8 @@ import urllib.request
 
 from common import ROOT, bench_database, machine
 
-from app.api.auth import mint_token  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.api.auth import mint_token
+from app.settings import Settings
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -81,13 +81,27 @@ def main(args: argparse.Namespace) -> None:
         )
         try:
             wait_ready(f"http://127.0.0.1:{args.port}/readyz")
-            token = mint_token(settings.auth, tenant="bench-api", sub="wrk", roles=["client"], ttl_seconds=3600)
+            token = mint_token(
+                settings.auth, tenant="bench-api", sub="wrk", roles=["client"], ttl_seconds=3600
+            )
             with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
                 script.write(WRK_SCRIPT % token)
             url = f"http://127.0.0.1:{args.port}/v1/sessions"
-            base = [wrk, "-t", "1", "-c", str(args.connections), "--latency", "-s", script.name, url]
+            base = [
+                wrk,
+                "-t",
+                "1",
+                "-c",
+                str(args.connections),
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ]
             subprocess.run([*base[:1], "-d", "3s", *base[1:]], capture_output=True)  # warm-up
-            result = subprocess.run([*base[:1], "-d", f"{args.seconds}s", *base[1:]], capture_output=True, text=True)
+            result = subprocess.run(
+                [*base[:1], "-d", f"{args.seconds}s", *base[1:]], capture_output=True, text=True
+            )
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -98,8 +112,10 @@ def main(args: argparse.Namespace) -> None:
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     socket_errors = re.search(r"Socket errors:.*", output)
     print(f"POST /v1/sessions, wrk 1 thread x {args.connections} connections, {args.seconds} s:")
-    print(f"   {float(rps.group(1)) if rps else 0:.0f} requests/s, p50 {p50.group(1) if p50 else '?'}, p99 {p99.group(1) if p99 else '?'}, "
-          f"non-2xx {errors.group(1) if errors else 0}{', ' + socket_errors.group(0) if socket_errors else ''}")
+    print(
+        f"   {float(rps.group(1)) if rps else 0:.0f} requests/s, p50 {p50.group(1) if p50 else '?'}, p99 {p99.group(1) if p99 else '?'}, "
+        f"non-2xx {errors.group(1) if errors else 0}{', ' + socket_errors.group(0) if socket_errors else ''}"
+    )
 
 
 if __name__ == "__main__":

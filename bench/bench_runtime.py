@@ -25,15 +25,24 @@ import uuid
 from typing import Any
 
 import uvloop
+from common import (
+    BENCH_TOOL,
+    ROOT,
+    TURNS,
+    bench_agent,
+    bench_database,
+    connect,
+    machine,
+    pct,
+    peak_rss_mib,
+)
 
-from common import ROOT, BENCH_TOOL, TURNS, bench_agent, bench_database, connect, machine, pct, peak_rss_mib
-
-from app.agents import service as agents_service  # noqa: E402
-from app.agents.schemas import AgentWrite  # noqa: E402
-from app.db.engine import create_engine, create_session_factory  # noqa: E402
-from app.runtime.worker import WorkerPool  # noqa: E402
-from app.settings import RuntimeSettings, Settings  # noqa: E402
-from app.tools.registry import ToolRegistry  # noqa: E402
+from app.agents import service as agents_service
+from app.agents.schemas import AgentWrite
+from app.db.engine import create_engine, create_session_factory
+from app.runtime.worker import WorkerPool
+from app.settings import RuntimeSettings, Settings
+from app.tools.registry import ToolRegistry
 
 TENANT = "bench"
 
@@ -90,12 +99,12 @@ class Completions:
             if len(self.ended) >= self.target:
                 self.event.set()
 
-    async def wait_for(self, n: int, timeout: float) -> None:
+    async def wait_for(self, n: int, within_seconds: float) -> None:
         self.target = n
         if len(self.ended) >= n:
             return
         self.event.clear()
-        await asyncio.wait_for(self.event.wait(), timeout)
+        await asyncio.wait_for(self.event.wait(), within_seconds)
 
 
 async def setup(database_url: str, settings: Settings) -> dict[int, tuple[str, str, int]]:
@@ -112,7 +121,11 @@ async def setup(database_url: str, settings: Settings) -> dict[int, tuple[str, s
         )
         for delay in (0, 200):
             view, _ = await agents_service.save(
-                db, tools, tenant_id=TENANT, body=AgentWrite.model_validate(bench_agent(delay)), created_by="bench"
+                db,
+                tools,
+                tenant_id=TENANT,
+                body=AgentWrite.model_validate(bench_agent(delay)),
+                created_by="bench",
             )
             agent, _version = await agents_service.get_visible(db, TENANT, view.name)
             agents[delay] = (agent.agent_id, agent.name, view.version)
@@ -120,12 +133,18 @@ async def setup(database_url: str, settings: Settings) -> dict[int, tuple[str, s
     return agents
 
 
-async def phase_sequential(database_url: str, settings: Settings, agent: tuple[str, str, int], n: int) -> dict[str, Any]:
+async def phase_sequential(
+    database_url: str, settings: Settings, agent: tuple[str, str, int], n: int
+) -> dict[str, Any]:
     tools = ToolRegistry()
     tools.register(BENCH_TOOL)
     engine = create_engine(settings.database, database_url)
     pool = WorkerPool(
-        RuntimeSettings(), database_url, concurrency=1, session_factory=create_session_factory(engine), tools=tools
+        RuntimeSettings(),
+        database_url,
+        concurrency=1,
+        session_factory=create_session_factory(engine),
+        tools=tools,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(pool.run(stop))
@@ -181,19 +200,32 @@ async def phase_sequential(database_url: str, settings: Settings, agent: tuple[s
         "fsyncs": float(stats_after["fsyncs"] - stats_before["fsyncs"]) / n,
         "wal_bytes": float(stats_after["wal_bytes"] - stats_before["wal_bytes"]) / n,
         "rows": 1 + storage["event_rows"] + storage["tool_rows"],
-        "state_bytes": float(storage["session_bytes"]) + storage["event_bytes"] + storage["tool_bytes"],
+        "state_bytes": float(storage["session_bytes"])
+        + storage["event_bytes"]
+        + storage["tool_bytes"],
         "breakdown": dict(storage),
     }
 
 
-def start_workers(database_url: str, processes: int, concurrency: int) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    database_url: str, processes: int, concurrency: int
+) -> list[subprocess.Popen[bytes]]:
     return [
         subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "runtime_worker.py"), database_url, str(concurrency)],
+            [
+                sys.executable,
+                str(ROOT / "bench" / "runtime_worker.py"),
+                database_url,
+                str(concurrency),
+            ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=open(f"/tmp/bench-worker-{i}.log", "wb"),
-            env={**__import__("os").environ, "LOG_LEVEL": "WARNING", "RUNTIME_POLL_INTERVAL_SECONDS": "1"},
+            env={
+                **__import__("os").environ,
+                "LOG_LEVEL": "WARNING",
+                "RUNTIME_POLL_INTERVAL_SECONDS": "1",
+            },
         )
         for i in range(processes)
     ]
@@ -207,7 +239,12 @@ def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
 
 
 async def phase_batch(
-    database_url: str, agent: tuple[str, str, int], n: int, processes: int, concurrency: int, timeout: float
+    database_url: str,
+    agent: tuple[str, str, int],
+    n: int,
+    processes: int,
+    concurrency: int,
+    within_seconds: float,
 ) -> dict[str, Any]:
     workers = start_workers(database_url, processes, concurrency)
     listener = await connect(database_url)
@@ -218,7 +255,7 @@ async def phase_batch(
     prefix = f"b{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
     await writer.execute(_ENQUEUE_MANY, prefix, TENANT, *agent, n)
-    await completions.wait_for(n, timeout)
+    await completions.wait_for(n, within_seconds)
     wall = time.perf_counter() - started
     ends = sorted(completions.ended.values())
     peaks = [peak_rss_mib(worker.pid) for worker in workers]
@@ -243,18 +280,36 @@ async def run(args: argparse.Namespace, settings: Settings, database_url: str) -
         await phase_sequential(database_url, settings, agents[0], 20)  # warm-up
         a = await phase_sequential(database_url, settings, agents[0], args.seq)
         print(f"a. {args.seq} sessions sequentially (concurrency 1), instant model")
-        print(f"   end-to-end ms/session (enqueue → completed): p50 {a['e2e_p50']:.2f}  p99 {a['e2e_p99']:.2f}  mean {a['e2e_mean']:.2f}")
-        print(f"   ms/turn (end-to-end / 4):                    p50 {a['e2e_p50'] / TURNS:.3f}  p99 {a['e2e_p99'] / TURNS:.3f}")
-        print(f"   in-worker ms/session (claim → completed):    p50 {a['worker_p50']:.2f}  p99 {a['worker_p99']:.2f}")
-        print(f"d. per session: {a['commits']:.1f} commits, {a['fsyncs']:.1f} WAL fsyncs, {a['wal_bytes'] / 1024:.1f} KiB WAL,")
-        print(f"   {a['rows']:.0f} rows, {a['state_bytes'] / 1024:.2f} KiB of session state  {json.dumps({k: round(float(v), 1) for k, v in a['breakdown'].items()})}")
+        print(
+            f"   end-to-end ms/session (enqueue → completed): p50 {a['e2e_p50']:.2f}  p99 {a['e2e_p99']:.2f}  mean {a['e2e_mean']:.2f}"
+        )
+        print(
+            f"   ms/turn (end-to-end / 4):                    p50 {a['e2e_p50'] / TURNS:.3f}  p99 {a['e2e_p99'] / TURNS:.3f}"
+        )
+        print(
+            f"   in-worker ms/session (claim → completed):    p50 {a['worker_p50']:.2f}  p99 {a['worker_p99']:.2f}"
+        )
+        print(
+            f"d. per session: {a['commits']:.1f} commits, {a['fsyncs']:.1f} WAL fsyncs, {a['wal_bytes'] / 1024:.1f} KiB WAL,"
+        )
+        print(
+            f"   {a['rows']:.0f} rows, {a['state_bytes'] / 1024:.2f} KiB of session state  {json.dumps({k: round(float(v), 1) for k, v in a['breakdown'].items()})}"
+        )
         b = await phase_batch(database_url, agents[0], args.tp, 2, 25, 300)
-        print(f"b. {args.tp} sessions, 2 worker processes x 25 slots (concurrency 50), instant model")
-        print(f"   {b['turns_per_s']:.0f} turns/s, {b['sessions_per_s']:.0f} sessions/s, wall {b['wall']:.2f} s, p99 session {b['p99']:.2f} s")
+        print(
+            f"b. {args.tp} sessions, 2 worker processes x 25 slots (concurrency 50), instant model"
+        )
+        print(
+            f"   {b['turns_per_s']:.0f} turns/s, {b['sessions_per_s']:.0f} sessions/s, wall {b['wall']:.2f} s, p99 session {b['p99']:.2f} s"
+        )
         for n in args.big:
             c = await phase_batch(database_url, agents[200], n, 2, (n + 1) // 2, 600)
-            print(f"c. {n} sessions at once, 200 ms model, 2 worker processes x {(n + 1) // 2} slots")
-            print(f"   wall {c['wall']:.2f} s (ideal 0.80 s, ratio {c['wall'] / 0.8:.1f}x), p50 {c['p50']:.2f} s, p99 {c['p99']:.2f} s, peak RSS per worker {', '.join(f'{p:.0f}' for p in c['peak_rss_mib'])} MiB")
+            print(
+                f"c. {n} sessions at once, 200 ms model, 2 worker processes x {(n + 1) // 2} slots"
+            )
+            print(
+                f"   wall {c['wall']:.2f} s (ideal 0.80 s, ratio {c['wall'] / 0.8:.1f}x), p50 {c['p50']:.2f} s, p99 {c['p99']:.2f} s, peak RSS per worker {', '.join(f'{p:.0f}' for p in c['peak_rss_mib'])} MiB"
+            )
         failures = a["failed"] + b["failed"]
         if failures:
             print(f"!! {len(failures)} sessions did not complete: {failures[:5]}")
@@ -268,6 +323,8 @@ if __name__ == "__main__":
     parser.add_argument("--big", type=lambda s: [int(x) for x in s.split(",")], default=[500, 2000])
     arguments = parser.parse_args()
     bench_settings = Settings()
-    print(f"# runtime benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {machine()}")
+    print(
+        f"# runtime benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {machine()}"
+    )
     with bench_database(bench_settings) as (url, _redis_url):
         uvloop.run(run(arguments, bench_settings, url))

@@ -7,8 +7,8 @@ import asyncio
 import os
 import sys
 import uuid
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -22,7 +22,7 @@ from app.db.migrations import upgrade  # noqa: E402
 from app.embedded import resolve_database_url, resolve_redis_url  # noqa: E402
 from app.runtime.store import asyncpg_dsn  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from app.tools.spec import SideEffect, ToolContext, ToolSpec  # noqa: E402
+from app.tools.spec import ToolContext, ToolSpec  # noqa: E402
 
 TOOL_TURNS, TURNS = 3, 4
 

@@ -1,6 +1,6 @@
 """A worker process for the benchmarks: the real WorkerPool, plus the peers' instant tool.
 
-  python bench/runtime_worker.py DATABASE_URL CONCURRENCY
+python bench/runtime_worker.py DATABASE_URL CONCURRENCY
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ import signal
 import sys
 
 import uvloop
+from common import BENCH_TOOL
 
-from common import BENCH_TOOL  # noqa: E402  (sets sys.path)
-
-from app.settings import Settings  # noqa: E402
-from app.tools.registry import ToolRegistry  # noqa: E402
-from app.worker_main import build_pool  # noqa: E402
+from app.settings import Settings
+from app.tools.registry import ToolRegistry
+from app.worker_main import build_pool
 
 
 async def main(database_url: str, concurrency: int) -> None:
