@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from app.agents import service as agents_service
 from app.db.engine import create_engine, create_session_factory
 from app.llm.providers import ModelResolver
@@ -34,7 +36,7 @@ def build_pool(
     models: ModelResolver | None = None,
     tools: ToolRegistry | None = None,
     redis_url: str | None = None,
-) -> tuple[WorkerPool, object]:
+) -> tuple[WorkerPool, AsyncEngine]:
     """A pool and the engine its tools use (dispose it after the pool stops)."""
     engine = create_engine(settings.database, database_url)
     pool = WorkerPool(
@@ -51,10 +53,16 @@ def build_pool(
 
 
 async def run_worker(
-    settings: Settings, database_url: str, concurrency: int, redis_url: str | None = None
+    settings: Settings,
+    database_url: str,
+    concurrency: int,
+    redis_url: str | None = None,
+    *,
+    tools: ToolRegistry | None = None,
 ) -> None:
-    """`agent-platform worker`: run a pool until SIGTERM/SIGINT, then drain."""
-    tools = ToolRegistry()
+    """`agent-platform worker`: run a pool until SIGTERM/SIGINT, then drain. `tools`: a
+    registry with more Python tools than the built-ins (plugins, benchmarks)."""
+    tools = tools or ToolRegistry()
     await load_agents(settings, database_url, tools)
     pool, engine = build_pool(settings, database_url, concurrency, tools=tools, redis_url=redis_url)
     stop = asyncio.Event()
@@ -64,4 +72,4 @@ async def run_worker(
     try:
         await pool.run(stop)
     finally:
-        await engine.dispose()  # type: ignore[attr-defined]
+        await engine.dispose()

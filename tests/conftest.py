@@ -84,6 +84,17 @@ def database_url(server_database_url: str) -> Iterator[str]:
         asyncio.run(_admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture
+def empty_database_url(server_database_url: str) -> Iterator[str]:
+    """A database of this test's own with nothing in it (not even migrations)."""
+    name = f"agent_platform_empty_{uuid.uuid4().hex[:10]}"
+    url = make_url(server_database_url)
+    admin = url.set(database="postgres").render_as_string(hide_password=False)
+    asyncio.run(_admin_execute(admin, f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_admin_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture(scope="session")
 def redis_url(base_settings: Settings) -> str:
     url = resolve_redis_url(base_settings)

@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
-from tests.conftest import PROJECT_ROOT, TEST_JWT_SECRET, _admin_execute, bearer
+from tests.conftest import PROJECT_ROOT, TEST_JWT_SECRET, bearer
 
 
 def _cli(
@@ -33,16 +29,6 @@ def _cli(
         text=True,
         timeout=timeout,
     )
-
-
-@pytest.fixture
-def empty_database(server_database_url: str) -> Iterator[str]:
-    name = f"agent_platform_empty_{uuid.uuid4().hex[:10]}"
-    url = make_url(server_database_url)
-    admin = url.set(database="postgres").render_as_string(hide_password=False)
-    asyncio.run(_admin_execute(admin, f'CREATE DATABASE "{name}"'))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_admin_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def test_token_command_mints_a_token_the_api_accepts(
@@ -64,15 +50,15 @@ def test_token_command_refuses_unknown_roles() -> None:
 
 @pytest.mark.parametrize("command", [["serve", "--port", "0"], ["worker"]])
 def test_serve_and_worker_refuse_a_database_that_is_behind(
-    command: list[str], empty_database: str, redis_url: str
+    command: list[str], empty_database_url: str, redis_url: str
 ) -> None:
-    result = _cli(*command, env={"DATABASE_URL": empty_database, "REDIS_URL": redis_url})
+    result = _cli(*command, env={"DATABASE_URL": empty_database_url, "REDIS_URL": redis_url})
     assert result.returncode == 2
     assert "agent-platform migrate" in result.stderr and "--migrate" in result.stderr
 
 
-def test_migrate_command_brings_an_empty_database_to_head(empty_database: str) -> None:
-    result = _cli("migrate", env={"DATABASE_URL": empty_database})
+def test_migrate_command_brings_an_empty_database_to_head(empty_database_url: str) -> None:
+    result = _cli("migrate", env={"DATABASE_URL": empty_database_url})
     assert result.returncode == 0, result.stderr
     assert "database at revision" in result.stdout
     revision = result.stdout.split("revision ")[1].split(" ")[0]

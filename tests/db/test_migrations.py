@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from alembic import command
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db.migrations import alembic_config, downgrade, head_revision, upgrade
-from tests.conftest import PROJECT_ROOT, _admin_execute
+from tests.conftest import PROJECT_ROOT
 
 MIGRATIONS = PROJECT_ROOT / "migrations"
-
-
-@pytest.fixture
-def empty_database_url(server_database_url: str) -> Iterator[str]:
-    name = f"agent_platform_migr_{uuid.uuid4().hex[:12]}"
-    url = make_url(server_database_url)
-    admin = url.set(database="postgres").render_as_string(hide_password=False)
-    asyncio.run(_admin_execute(admin, f'CREATE DATABASE "{name}"'))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_admin_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def _tables(url: str) -> set[str]:

@@ -86,3 +86,41 @@ def wait_until(predicate: object, timeout: float = 20, interval: float = 0.05) -
             return
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+class ServeProcess:
+    """`agent-platform serve --workers N` on a free-ish port, on the test database."""
+
+    def __init__(
+        self, database_url: str, redis_url: str, log_path: Path, *, workers: int = 2
+    ) -> None:
+        self.port = 18000 + (os.getpid() * 7 + int(time.time() * 1000)) % 2000
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ, "ENVIRONMENT": "test", "AUTH_JWT_SECRET": TEST_JWT_SECRET,
+            "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_JSON": "false",
+        }  # fmt: skip
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
+            cwd=PROJECT_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"{self.base_url}/readyz", timeout=1).status == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"serve never became ready:\n{self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self._log.close()
+        return code

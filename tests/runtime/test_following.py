@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from typing import Any
 
 import httpx
 
+from app.api.auth import mint_token
 from app.main import create_app
 from app.settings import ApiSettings
-from tests.conftest import client_for, make_settings
+from tests.conftest import PROJECT_ROOT, client_for, make_settings
 from tests.runtime.conftest import Api, PoolFactory, call, script
+from tests.runtime.processes import ServeProcess
 
 TERMINAL = {"session.completed", "session.failed", "session.cancelled", "session.timed_out"}
 
@@ -165,35 +169,13 @@ async def test_long_poll_with_nothing_to_wait_for_returns_after_n_seconds(api: A
 async def test_cli_follower_prints_readable_progress(
     database_url: str, redis_url: str, tenant: str, tmp_path: Any
 ) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from tests.conftest import PROJECT_ROOT, TEST_JWT_SECRET
-
-    port = 19000 + os.getpid() % 1000
-    env = {
-        **os.environ, "ENVIRONMENT": "test", "AUTH_JWT_SECRET": TEST_JWT_SECRET,
-        "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_JSON": "false",
-    }  # fmt: skip
-    server = subprocess.Popen(  # noqa: ASYNC220 (a server for the follower to talk to)
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = ServeProcess(database_url, redis_url, tmp_path / "serve.log", workers=2)
     try:
-        token = subprocess.run(  # noqa: ASYNC221
-            [sys.executable, "-m", "app.cli", "token", "--tenant", tenant, "--sub", "u", "--roles", "client"],
-            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            for _ in range(100):
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+        await asyncio.to_thread(server.wait_ready)
+        token = mint_token(
+            make_settings().auth, tenant=tenant, sub="u", roles=["client"], ttl_seconds=600
+        )
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
             created = await http.post(
                 "/v1/sessions",
                 json={"agent": "support", "input": {"order_id": "ord_1005", "amount": 3}},
@@ -201,12 +183,11 @@ async def test_cli_follower_prints_readable_progress(
             )
         follower = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "app.cli", "sessions", "follow", created.json()["id"], "--url", f"http://127.0.0.1:{port}"],
-            cwd=PROJECT_ROOT, env={**env, "AGENT_PLATFORM_TOKEN": token}, capture_output=True, text=True, timeout=60,
+            [sys.executable, "-m", "app.cli", "sessions", "follow", created.json()["id"], "--url", server.base_url],
+            cwd=PROJECT_ROOT, env={**server.env, "AGENT_PLATFORM_TOKEN": token}, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     finally:
-        server.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(server.wait, 30)
+        await asyncio.to_thread(server.stop)
     assert follower.returncode == 0, follower.stdout + follower.stderr
     lines = follower.stdout.splitlines()
     assert lines[0].startswith("[") and "→ lookup_order" in follower.stdout

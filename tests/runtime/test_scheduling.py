@@ -4,10 +4,7 @@ in-process pool of `serve --workers N`."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +13,9 @@ import httpx
 from sqlalchemy import text
 
 from app.api.context import AppContext
-from tests.conftest import PROJECT_ROOT, TEST_JWT_SECRET, TokenFactory, bearer
+from tests.conftest import TokenFactory, bearer
 from tests.runtime.conftest import Api, PoolFactory, script
-from tests.runtime.processes import WorkerProcess
+from tests.runtime.processes import ServeProcess, WorkerProcess
 
 
 async def _running_count(context: AppContext, tenant: str) -> int:
@@ -119,44 +116,27 @@ async def test_sigterm_releases_the_session_and_another_worker_finishes_it(
 async def test_serve_with_workers_runs_sessions_in_the_api_process(
     database_url: str, redis_url: str, tenant: str, make_token: TokenFactory, tmp_path: Path
 ) -> None:
-    port = 18000 + os.getpid() % 1000
-    env = {
-        **os.environ, "ENVIRONMENT": "test", "AUTH_JWT_SECRET": TEST_JWT_SECRET,
-        "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_JSON": "false",
-    }  # fmt: skip
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(  # noqa: ASYNC220 (started once; then the test talks HTTP to it)
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    server = ServeProcess(database_url, redis_url, tmp_path / "serve.log", workers=2)
     try:
+        await asyncio.to_thread(server.wait_ready)
         headers = bearer(make_token(tenant))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            for _ in range(100):
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as http:
             created = await http.post(
                 "/v1/sessions",
                 json={"agent": "support", "input": {"order_id": "ord_1003", "amount": 1}},
                 headers=headers,
             )
             assert created.status_code == 202, created.text
-            for _ in range(100):
-                session = (
-                    await http.get(f"/v1/sessions/{created.json()['id']}", headers=headers)
-                ).json()
-                if session["status"] == "completed":
-                    break
-                await asyncio.sleep(0.1)
+            session = (
+                await http.get(
+                    f"/v1/sessions/{created.json()['id']}",
+                    params={"wait_seconds": 20},
+                    headers=headers,
+                )
+            ).json()
             assert session["status"] == "completed", session
     finally:
-        server.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(server.wait, 30)
-        log.close()
+        code = await asyncio.to_thread(server.stop)
     # uvicorn re-raises the signal it handled once shutdown is complete.
-    assert server.returncode in (0, -signal.SIGTERM)
-    assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
+    assert code in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.log_path.read_text()
