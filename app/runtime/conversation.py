@@ -51,8 +51,18 @@ class Conversation:
     # Tool calls of the last response that have no settled ledger row yet (a crash cut
     # them off, or they are about to run).
     unsettled: list[ToolCallRecord] = field(default_factory=list)
+    # The last model response, unless user input came after it: a final answer here whose
+    # completion did not commit (a crash) is completed on resume without a new model call.
     last_response: dict[str, Any] | None = None
     calls_in_order: list[ToolCallRecord] = field(default_factory=list)
+
+    def add_user_input(self, session_input: Any) -> None:
+        """New input of a continued conversation: the next user turn."""
+        block = input_message(session_input)["content"][0]
+        if self.messages and self.messages[-1]["role"] == "user":
+            self.messages[-1]["content"].append(block)
+        else:
+            self.messages.append({"role": "user", "content": [block]})
 
     def add_note(self, text: str) -> None:
         block = {"type": "text", "text": text}
@@ -72,6 +82,11 @@ def rebuild(
     for event_type, data in events:
         if event_type == "platform.note":
             conversation.add_note(data["text"])
+            conversation.last_response = None  # the model was asked again
+            continue
+        if event_type == "user.message":
+            conversation.add_user_input(data["input"])
+            conversation.last_response = None  # answered turns lie behind the new input
             continue
         content = data["content"]
         conversation.messages.append({"role": "assistant", "content": content})

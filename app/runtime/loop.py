@@ -447,11 +447,7 @@ class SessionRun:
                 path = ".".join(str(p) for p in exc.absolute_path) or "(root)"
                 problem = f"your answer does not match the required schema at {path}: {exc.message}"
         if problem is None:
-            if persisted:
-                await self._end(SessionStatus.COMPLETED, result=result)
-            else:
-                await self._complete_with_response(response, result)
-            return True
+            return await self._complete(None if persisted else response, result, conversation)
         if not persisted:
             await self._persist_response(response, [], conversation)
         if self.output_retries >= definition.limits.max_output_retries:
@@ -464,33 +460,54 @@ class SessionRun:
         conversation.add_note(note)
         return False
 
-    async def _complete_with_response(self, response: ModelResponse, result: Any) -> None:
-        """Persist the final response and complete the session in one transaction (one
-        commit: fewer fsyncs per session)."""
-        pending_in, pending_out, pending_cost = self._take_pending_usage()
-        usage = response.usage
+    async def _complete(
+        self, response: ModelResponse | None, result: Any, conversation: Conversation
+    ) -> bool:
+        """The final answer of this run: persist it (if not yet) and complete the session —
+        unless input was queued behind the run, which becomes the next user turn (the run
+        goes on; nothing is interleaved). One transaction, one commit."""
         async with self.deps.store.pool.acquire() as connection, connection.transaction():
-            await self.deps.store.record_model_response(
-                self.claimed.session_id,
-                self.lease.epoch,
-                response.to_json(),
-                [],
-                input_tokens=usage.input_tokens + pending_in,
-                output_tokens=usage.output_tokens + pending_out,
-                cost_usd=cost_usd(self.claimed.definition.model, usage) + pending_cost,
-                connection=connection,
+            if response is not None:
+                pending_in, pending_out, pending_cost = self._take_pending_usage()
+                usage = response.usage
+                await self.deps.store.record_model_response(
+                    self.claimed.session_id,
+                    self.lease.epoch,
+                    response.to_json(),
+                    [],
+                    input_tokens=usage.input_tokens + pending_in,
+                    output_tokens=usage.output_tokens + pending_out,
+                    cost_usd=cost_usd(self.claimed.definition.model, usage) + pending_cost,
+                    connection=connection,
+                )
+            queued = await transitions.take_pending_inputs(
+                connection, self.claimed.session_id, self.lease.epoch
             )
-            changed = await transitions.change(
-                connection,
-                self.claimed.session_id,
-                SessionStatus.COMPLETED,
-                epoch=self.lease.epoch,
-                result=result,
-            )
-            if changed is None:
+            if queued is None:
                 raise LeaseLost(self.claimed.session_id)
+            for session_input in queued:
+                await transitions.append_user_message(
+                    connection, self.claimed.session_id, session_input, epoch=self.lease.epoch
+                )
+            if not queued:
+                changed = await transitions.change(
+                    connection,
+                    self.claimed.session_id,
+                    SessionStatus.COMPLETED,
+                    epoch=self.lease.epoch,
+                    result=result,
+                )
+                if changed is None:
+                    raise LeaseLost(self.claimed.session_id)
         self.deps.store.announce(self.claimed.session_id)
-        raise SessionEnded
+        if not queued:
+            raise SessionEnded
+        if response is not None:
+            conversation.messages.append({"role": "assistant", "content": response.content})
+            conversation.assistant_turns += 1
+        for session_input in queued:
+            conversation.add_user_input(session_input)
+        return False
 
     # -- safe points, limits, endings -----------------------------------------------------
 

@@ -113,7 +113,7 @@ RETURNING s.session_id, s.cancel_requested_at IS NOT NULL AS cancel_requested
 
 _HISTORY = """
 SELECT type, data FROM session_events
-WHERE session_id = $1 AND type IN ('model.response', 'platform.note')
+WHERE session_id = $1 AND type IN ('model.response', 'platform.note', 'user.message')
 ORDER BY seq
 """
 

@@ -10,3 +10,8 @@ class SessionNotFound(NotFound):
 class SessionFinished(Conflict):
     code = "session-finished"
     title = "Session already finished"
+
+
+class SessionBusy(Conflict):
+    code = "session-busy"
+    title = "Session is still running or waiting"

@@ -82,6 +82,11 @@ class Session(Base):
     result: Mapped[Any] = mapped_column(JSONB, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column()
     turns: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    # New user input sent with `if_busy: queue` while a run was in progress; the run's end
+    # turns it into the next run instead of finishing the session.
+    pending_inputs: Mapped[list[Any]] = mapped_column(
+        nullable=False, server_default=text("'[]'::jsonb")
+    )
     # The last `seq` given to an event of this session; bumped by the fenced write that
     # appends the event, so numbering and fencing are one atomic statement.
     event_seq: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")

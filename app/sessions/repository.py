@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, delete, or_, select
 
 from app.sessions.errors import SessionNotFound
 from app.sessions.models import Session, SessionEvent
@@ -66,3 +66,15 @@ async def tool_calls(scope: TenantScope, session_id: str) -> list[ToolCall]:
         .order_by(ToolCall.turn, ToolCall.started_at, ToolCall.tool_use_id)
     )
     return list(rows.scalars())
+
+
+async def delete_finished(scope: TenantScope, session_id: str) -> bool:
+    """Delete the session if it is (still) finished; its rows in other tables go with it."""
+    result = await scope.db.execute(
+        delete(Session).where(
+            Session.session_id == session_id,
+            Session.tenant_id == scope.tenant_id,
+            Session.status.in_(["completed", "failed", "cancelled", "timed_out"]),
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

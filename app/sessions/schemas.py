@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Literal
 
@@ -11,6 +12,22 @@ from app.agents.schemas import NAME_PATTERN
 from app.sessions.states import SessionStatus
 
 MAX_INPUT_BYTES = 256 * 1024
+
+
+def text_or_object(value: Any) -> Any:
+    """One error naming `input`, rather than one per union member (`input.str`, ...)."""
+    if not isinstance(value, str | dict):
+        raise ValueError("input must be text or a JSON object")
+    return value
+
+
+def input_within_limits(value: str | dict[str, Any]) -> str | dict[str, Any]:
+    size = len(value.encode()) if isinstance(value, str) else len(json.dumps(value).encode())
+    if size > MAX_INPUT_BYTES:
+        raise ValueError(f"input is {size} bytes; the limit is {MAX_INPUT_BYTES}")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("input must not be empty")
+    return value
 
 
 class SessionCreate(BaseModel):
@@ -24,25 +41,8 @@ class SessionCreate(BaseModel):
     webhook_url: str | None = Field(default=None, max_length=2048)
     subject: str | None = Field(default=None, max_length=256, description="For experiments")
 
-    @field_validator("input", mode="before")
-    @classmethod
-    def _text_or_object(cls, value: Any) -> Any:
-        # One error naming `input`, rather than one per union member (`input.str`, ...).
-        if not isinstance(value, str | dict):
-            raise ValueError("input must be text or a JSON object")
-        return value
-
-    @field_validator("input")
-    @classmethod
-    def _input_size(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
-        import json
-
-        size = len(value.encode()) if isinstance(value, str) else len(json.dumps(value).encode())
-        if size > MAX_INPUT_BYTES:
-            raise ValueError(f"input is {size} bytes; the limit is {MAX_INPUT_BYTES}")
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("input must not be empty")
-        return value
+    _input_is_text_or_object = field_validator("input", mode="before")(text_or_object)
+    _input_fits = field_validator("input")(input_within_limits)
 
     @field_validator("metadata")
     @classmethod
@@ -124,3 +124,18 @@ class ToolCallView(BaseModel):
 
 class ToolCallList(BaseModel):
     items: list[ToolCallView]
+
+
+class SessionMessage(BaseModel):
+    """POST /v1/sessions/{id}/messages: new user input for a finished or waiting session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | dict[str, Any] = Field(description="Text, or an object the agent's script reads")
+    if_busy: Literal["reject", "queue"] = Field(
+        default="reject",
+        description="While a run is queued or in progress: 409 (`reject`), or run it after (`queue`)",
+    )
+
+    _input_is_text_or_object = field_validator("input", mode="before")(text_or_object)
+    _input_fits = field_validator("input")(input_within_limits)

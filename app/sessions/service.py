@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, update
@@ -19,7 +19,7 @@ from app.db.engine import driver_connection
 from app.db.ids import new_id
 from app.errors import ValidationFailed
 from app.sessions import repository, transitions
-from app.sessions.errors import SessionFinished
+from app.sessions.errors import SessionBusy, SessionFinished, SessionNotFound
 from app.sessions.models import Session
 from app.sessions.schemas import (
     EventList,
@@ -27,6 +27,7 @@ from app.sessions.schemas import (
     SessionCreate,
     SessionError,
     SessionList,
+    SessionMessage,
     SessionView,
     ToolCallList,
     ToolCallView,
@@ -254,3 +255,83 @@ async def cancel_for_disabled_agent(db: AsyncSession, tenant_id: str, agent_name
     for session in sessions:
         await cancel(scope, session.session_id, reason=f"agent {agent_name} was disabled")
     return len(sessions)
+
+
+async def erase(scope: TenantScope, session_id: str) -> None:
+    """Erase a finished session with everything stored about it: its events, tool-call
+    ledger, approvals, memories and webhook deliveries (all by foreign-key cascade, in one
+    statement). A session that runs, is queued or waits on a reviewer or input → 409."""
+    session = await repository.get(scope, session_id)
+    status = SessionStatus(session.status)
+    if not status.is_terminal:
+        raise SessionBusy(
+            f"session {session_id} is {status.value}; cancel it or wait for it to finish before erasing it"
+        )
+    erased = await repository.delete_finished(scope, session_id)
+    if not erased:  # it was continued or changed meanwhile
+        raise SessionBusy(f"session {session_id} changed while being erased; try again")
+
+
+CONTINUABLE = ("completed", "failed", "awaiting_input")
+BUSY = ("queued", "running", "awaiting_approval")
+
+
+async def continue_session(
+    scope: TenantScope, session_id: str, body: SessionMessage
+) -> SessionView:
+    """Add user input to a conversation and run it again with its full history.
+
+    One run per session at a time: a finished (or `awaiting_input`) session is queued again
+    with the input as its next user turn; while a run is queued or in progress the input is
+    refused (409) or, with `if_busy: queue`, kept and taken up when that run ends — never
+    interleaved. The session row is locked for the decision, so a run that is just ending
+    either sees the queued input or this request sees the run ended.
+    """
+    db = scope.db
+    session = (
+        await db.execute(
+            scope.select(Session).where(Session.session_id == session_id).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if session is None:
+        raise SessionNotFound(f"session {session_id} not found")
+    await db.refresh(session)
+    conn = await driver_connection(db)
+    if session.status in BUSY:
+        if body.if_busy == "reject":
+            raise SessionBusy(
+                f"session {session_id} is {session.status}: one run at a time. Send again when it"
+                ' ends, or pass "if_busy": "queue" to run this input after it'
+            )
+        await transitions.queue_input(conn, session_id, body.input)
+    elif session.status in CONTINUABLE:
+        deadline_seconds = await _deadline_seconds(db, session)
+        await transitions.append_user_message(conn, session_id, body.input)
+        changed = await transitions.change(
+            conn,
+            session_id,
+            SessionStatus.QUEUED,
+            from_statuses=list(CONTINUABLE),
+            set_error=True,
+            detail={"reason": "new input"},
+        )
+        assert changed is not None  # the row is locked
+        await db.execute(
+            update(Session)
+            .where(Session.session_id == session_id)
+            .values(deadline_at=func.now() + timedelta(seconds=deadline_seconds))
+        )
+    else:
+        raise SessionFinished(f"session {session_id} was {session.status}; it cannot be continued")
+    await db.refresh(session)
+    return view(session)
+
+
+async def _deadline_seconds(db: Any, session: Session) -> float:
+    """A continued run gets the agent version's deadline again, from now."""
+    version = await agents_repository.get_version(
+        db, session.agent_id or "", session.agent_version or 0
+    )
+    if version is None:
+        return 900.0
+    return float(version.definition["limits"]["deadline_seconds"])

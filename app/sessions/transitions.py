@@ -221,3 +221,55 @@ async def insert_queued(
     )  # fmt: skip
     assert row is not None
     return row
+
+
+_APPEND_USER_MESSAGE = """
+WITH s AS (
+    UPDATE sessions SET event_seq = event_seq + 1, updated_at = now()
+    WHERE session_id = $1 AND ($3::bigint IS NULL OR lease_epoch = $3)
+    RETURNING event_seq
+)
+INSERT INTO session_events (session_id, seq, type, data)
+SELECT $1, s.event_seq, 'user.message', jsonb_build_object('input', $2::jsonb) FROM s
+RETURNING seq
+"""
+
+_TAKE_PENDING_INPUTS = """
+WITH old AS (
+    SELECT session_id, pending_inputs FROM sessions
+    WHERE session_id = $1 AND lease_epoch = $2 AND status = 'running'
+    FOR UPDATE
+)
+UPDATE sessions s SET pending_inputs = '[]'::jsonb
+FROM old WHERE s.session_id = old.session_id
+RETURNING old.pending_inputs::text
+"""
+
+_QUEUE_INPUT = """
+UPDATE sessions SET pending_inputs = pending_inputs || jsonb_build_array($2::jsonb), updated_at = now()
+WHERE session_id = $1
+"""
+
+
+async def append_user_message(
+    conn: asyncpg.Connection, session_id: str, session_input: Any, *, epoch: int | None = None
+) -> bool:
+    """Log new user input as the next `user.message` event (fenced when `epoch` is given)."""
+    row = await conn.fetchrow(_APPEND_USER_MESSAGE, session_id, json.dumps(session_input), epoch)
+    return row is not None
+
+
+async def take_pending_inputs(
+    conn: asyncpg.Connection, session_id: str, epoch: int
+) -> list[Any] | None:
+    """The input queued behind the current run (and clear it); None if the lease is gone."""
+    row = await conn.fetchrow(_TAKE_PENDING_INPUTS, session_id, epoch)
+    if row is None:
+        return None
+    pending: list[Any] = json.loads(row[0])
+    return pending
+
+
+async def queue_input(conn: asyncpg.Connection, session_id: str, session_input: Any) -> None:
+    """Queue input behind the run in progress (the caller holds the session row's lock)."""
+    await conn.execute(_QUEUE_INPUT, session_id, json.dumps(session_input))

@@ -32,7 +32,7 @@ class WebhookOutbox(Base):
         String(128), ForeignKey("tenants.tenant_id", ondelete="CASCADE"), nullable=False
     )
     session_id: Mapped[str | None] = mapped_column(
-        String(40), ForeignKey("sessions.session_id", ondelete="SET NULL")
+        String(40), ForeignKey("sessions.session_id", ondelete="CASCADE")
     )
     event_type: Mapped[str] = mapped_column(String(64), nullable=False)
     url: Mapped[str] = mapped_column(Text, nullable=False)

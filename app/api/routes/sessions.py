@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api import idempotency
-from app.api.deps import ClientPrincipal, Context, CurrentPrincipal, Scope
+from app.api.deps import AdminPrincipal, ClientPrincipal, Context, CurrentPrincipal, Scope
 from app.errors import ValidationFailed
 from app.sessions import service as sessions_service
-from app.sessions.schemas import SessionCreate, SessionList, SessionView, ToolCallList
+from app.sessions.schemas import (
+    SessionCreate,
+    SessionList,
+    SessionMessage,
+    SessionView,
+    ToolCallList,
+)
 from app.sessions.states import SessionStatus
 from app.sessions.streaming import stream_events, wait_for_settled
 
@@ -104,6 +110,35 @@ async def cancel_session(
     session = await sessions_service.cancel(scope, session_id)
     scope.db.info.setdefault("after_commit", []).append(lambda: context.feed.announce(session_id))
     return session
+
+
+@router.post(
+    "/{session_id}/messages",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Continue the conversation with new input (runs again with its full history)",
+    responses={409: {"description": "A run is queued or in progress (and if_busy is reject)"}},
+)
+async def continue_session(
+    session_id: str,
+    body: SessionMessage,
+    principal: ClientPrincipal,
+    scope: Scope,
+    context: Context,
+) -> SessionView:
+    session = await sessions_service.continue_session(scope, session_id, body)
+    scope.db.info.setdefault("after_commit", []).append(lambda: context.feed.announce(session_id))
+    return session
+
+
+@router.delete(
+    "/{session_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Erase a finished session and everything stored about it (admin)",
+    responses={409: {"description": "The session is still running or waiting"}},
+)
+async def erase_session(session_id: str, principal: AdminPrincipal, scope: Scope) -> Response:
+    await sessions_service.erase(scope, session_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(
