@@ -14,7 +14,7 @@ from app.api.context import AppContext
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_problem_handlers
 from app.api.rate_limit import RateLimiter
-from app.api.routes import agents, health, me, sessions, tools
+from app.api.routes import agents, health, me, sessions, tools, webhooks
 from app.db.engine import create_engine, create_session_factory
 from app.embedded import resolve_database_url, resolve_redis_url
 from app.llm.providers import ModelResolver
@@ -24,6 +24,7 @@ from app.sessions.feed import SessionFeedHub
 from app.settings import Settings, get_settings
 from app.tenants.service import TenantRegistry
 from app.tools.registry import ToolRegistry
+from app.webhooks.dispatcher import WebhookDispatcher
 
 API_DESCRIPTION = """\
 Runs LLM agents for product backends, durably and safely. Authenticate with
@@ -90,6 +91,7 @@ def create_app(
                 tools=context.tools,
                 redis_url=context.redis_url,
                 redis_timeout_seconds=settings.redis.socket_timeout_seconds,
+                webhooks=WebhookDispatcher(settings.webhooks, settings.outbound_allowlist),
             )
             pool_task = asyncio.create_task(pool.run(stop), name="in-process-worker-pool")
         try:
@@ -114,4 +116,5 @@ def create_app(
     app.include_router(agents.router)
     app.include_router(sessions.router)
     app.include_router(tools.router)
+    app.include_router(webhooks.router)
     return app

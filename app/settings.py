@@ -160,6 +160,18 @@ class RuntimeSettings(BaseSettings):
     )
 
 
+class WebhookSettings(BaseSettings):
+    model_config = _group("WEBHOOK_")
+
+    max_attempts: int = Field(default=8, ge=1, le=50, description="Then the delivery is dead")
+    backoff_base_seconds: float = Field(
+        default=2.0, gt=0, le=3600, description="Doubles per attempt"
+    )
+    backoff_max_seconds: float = Field(default=600.0, gt=0, le=86_400)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="Per delivery attempt")
+    dispatch_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+
+
 class Settings(BaseSettings):
     """The root of all settings. Build once per process with :func:`get_settings`."""
 
@@ -185,6 +197,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     tenant_defaults: TenantDefaults = Field(default_factory=TenantDefaults)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @field_validator("outbound_allowlist", mode="before")
     @classmethod

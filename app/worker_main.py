@@ -14,6 +14,7 @@ from app.llm.providers import ModelResolver
 from app.runtime.worker import WorkerPool
 from app.settings import Settings
 from app.tools.registry import ToolRegistry
+from app.webhooks.dispatcher import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def build_pool(
         tools=tools,
         redis_url=redis_url,
         redis_timeout_seconds=settings.redis.socket_timeout_seconds,
+        webhooks=WebhookDispatcher(settings.webhooks, settings.outbound_allowlist),
     )
     return pool, engine
 

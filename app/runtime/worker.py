@@ -36,6 +36,7 @@ from app.sessions.events import NOTIFY_CHANNEL
 from app.sessions.feed import publish_session_news
 from app.settings import RuntimeSettings
 from app.tools.registry import ToolRegistry
+from app.webhooks.dispatcher import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
 CANCEL_CHANNEL = "agent_cancel"
@@ -62,6 +63,7 @@ class WorkerPool:
         worker_id: str | None = None,
         redis_url: str | None = None,
         redis_timeout_seconds: float = 0.25,
+        webhooks: WebhookDispatcher | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -78,6 +80,7 @@ class WorkerPool:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self.claimed_total = 0
+        self.webhooks = webhooks
         # Followers of a session (SSE, long-polls) hear of new events through Redis.
         self._redis = (
             None
@@ -109,6 +112,10 @@ class WorkerPool:
             asyncio.create_task(self._heartbeat(store), name="worker-heartbeat"),
             asyncio.create_task(self._reap(), name="worker-reaper"),
         ]
+        if self.webhooks is not None:
+            background.append(
+                asyncio.create_task(self.webhooks.run(self._pool), name="worker-webhooks")
+            )
         logger.info("worker %s started (concurrency %d)", self.worker_id, self.concurrency)
         try:
             await self._claim_loop(deps, stop)

@@ -35,6 +35,7 @@ from app.sessions.schemas import (
 )
 from app.sessions.states import SessionStatus
 from app.tenants.scoping import TenantScope
+from app.webhooks import service as webhooks_service
 
 RESULT_PREVIEW_CHARS = 500
 
@@ -65,9 +66,13 @@ def view(session: Session) -> SessionView:
     )
 
 
-async def create(scope: TenantScope, principal: Principal, body: SessionCreate) -> SessionView:
+async def create(
+    scope: TenantScope, principal: Principal, body: SessionCreate, *, allowlist: list[str]
+) -> SessionView:
     """Queue a session of the agent's current (or requested) version and wake a worker."""
     db = scope.db
+    if body.webhook_url is not None:
+        await webhooks_service.check_url(body.webhook_url, allowlist, "webhook_url")
     agent = await agents_repository.for_new_session(db, scope.tenant_id, body.agent, body.version)
     if agent is None:
         if body.version is not None and await agents_repository.find_visible(

@@ -3,7 +3,9 @@
 Each function is one SQL statement (one round trip, atomic): the status change is checked
 against the transition table (`states.ALLOWED`), fenced by the lease epoch when a worker
 makes it, keeps `tenants.running_sessions` in step, appends the `session.<status>` event
-with the next `seq`, and NOTIFYs listeners. They take an asyncpg connection: workers use
+with the next `seq`, writes the session's webhook to the outbox when it finishes or starts
+waiting (same transaction: never lost, never sent for a change that rolled back), and
+NOTIFYs listeners. They take an asyncpg connection: workers use
 their own pool, API routes the raw connection under their SQLAlchemy transaction.
 """
 
@@ -88,6 +90,28 @@ WITH old AS (
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
     SELECT session_id, event_seq, 'session.' || $2::text, $9::jsonb FROM changed
+), outboxed AS (
+    -- The webhook of a finished or waiting session, in the same transaction as the change.
+    INSERT INTO webhook_outbox (delivery_id, tenant_id, session_id, event_type, url, payload)
+    SELECT 'whd_' || replace(gen_random_uuid()::text, '-', ''), s.tenant_id, s.session_id,
+           'session.' || $2::text, COALESCE(s.webhook_url, t.webhook_url),
+           jsonb_build_object(
+               'type', 'session.' || $2::text,
+               'timestamp', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+               'data', jsonb_build_object('session', jsonb_build_object(
+                   'id', s.session_id, 'agent', s.agent_name, 'agent_version', s.agent_version,
+                   'status', $2::text, 'result', COALESCE($5::jsonb, s.result),
+                   'error', CASE WHEN $7 THEN $6::jsonb ELSE s.error END,
+                   'turns', s.turns, 'metadata', s.metadata,
+                   'usage', jsonb_build_object('input_tokens', s.input_tokens,
+                                               'output_tokens', s.output_tokens,
+                                               'cost_usd', s.cost_usd))))
+    FROM changed c
+    JOIN sessions s ON s.session_id = c.session_id
+    JOIN tenants t ON t.tenant_id = s.tenant_id
+    WHERE $2::text IN ('completed', 'failed', 'cancelled', 'timed_out',
+                       'awaiting_approval', 'awaiting_input')
+      AND COALESCE(s.webhook_url, t.webhook_url) IS NOT NULL
 )
 SELECT old_status, event_seq, pg_notify($10, session_id || ':' || $2::text) FROM changed
 """

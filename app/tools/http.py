@@ -138,7 +138,7 @@ async def _headers(
     return headers
 
 
-async def _post(
+async def post_to_checked_target(
     client: httpx.AsyncClient,
     name: str,
     target: outbound.ResolvedTarget,
@@ -207,7 +207,7 @@ def http_executor(
             trust_env=False,
             verify=True if tls_verify is None else tls_verify,
         ) as client:
-            status, payload = await _post(client, name, target, body, headers)
+            status, payload = await post_to_checked_target(client, name, target, body, headers)
         return _interpret(name, status, payload)
 
     return call

@@ -42,5 +42,9 @@ class WebhookOutbox(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now(), nullable=False)
     last_error: Mapped[str | None] = mapped_column(Text)
     last_status_code: Mapped[int | None] = mapped_column(Integer)
+    # Every attempt: when, the HTTP status or error, how long it took.
+    attempt_log: Mapped[list[Any]] = mapped_column(
+        nullable=False, server_default=text("'[]'::jsonb")
+    )
     created_at: Mapped[datetime] = created_at_column()
     delivered_at: Mapped[datetime | None] = mapped_column()

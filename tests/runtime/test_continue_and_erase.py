@@ -12,7 +12,7 @@ from app.llm.function_model import FunctionModel
 from app.llm.model import ModelRequest, ModelResponse
 from app.llm.providers import ModelResolver
 from tests.conftest import TokenFactory, bearer
-from tests.runtime.conftest import Api, PoolFactory, script
+from tests.runtime_fixtures import Api, PoolFactory, script
 
 
 def _user_texts(request: ModelRequest) -> list[str]:

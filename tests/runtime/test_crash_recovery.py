@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 
 from app.api.context import AppContext
 from app.tools.demo_models import DemoRefund
-from tests.runtime.conftest import Api, script
 from tests.runtime.processes import WorkerProcess
+from tests.runtime_fixtures import Api, script
 
 
 @pytest.fixture

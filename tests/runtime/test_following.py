@@ -16,8 +16,8 @@ from app.api.auth import mint_token
 from app.main import create_app
 from app.settings import ApiSettings
 from tests.conftest import PROJECT_ROOT, client_for, make_settings
-from tests.runtime.conftest import Api, PoolFactory, call, script
 from tests.runtime.processes import ServeProcess
+from tests.runtime_fixtures import Api, PoolFactory, call, script
 
 TERMINAL = {"session.completed", "session.failed", "session.cancelled", "session.timed_out"}
 

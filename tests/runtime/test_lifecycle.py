@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from app.api.context import AppContext
 from app.tools.demo_models import DemoRefund
-from tests.runtime.conftest import Api, PoolFactory, call, script
+from tests.runtime_fixtures import Api, PoolFactory, call, script
 
 
 async def _refunds(context: AppContext, session_id: str) -> int:

@@ -11,7 +11,7 @@ from app.llm.function_model import FunctionModel
 from app.llm.model import ModelRequest, ModelResponse, TokenUsage
 from app.llm.providers import ModelResolver
 from app.tools.spec import SideEffect, ToolContext, ToolSpec
-from tests.runtime.conftest import Api, PoolFactory, call, script
+from tests.runtime_fixtures import Api, PoolFactory, call, script
 
 
 def _tool_turn(name: str, arguments: dict[str, Any], turn: int, tokens: int = 10) -> ModelResponse:

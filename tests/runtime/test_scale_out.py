@@ -21,8 +21,8 @@ from sqlalchemy import func, select, text
 from app.api.context import AppContext
 from app.tools.demo_models import DemoRefund
 from tests.conftest import TokenFactory
-from tests.runtime.conftest import Api, PoolFactory, script
 from tests.runtime.processes import WorkerProcess
+from tests.runtime_fixtures import Api, PoolFactory, script
 
 SESSIONS = 300
 

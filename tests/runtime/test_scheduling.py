@@ -14,8 +14,8 @@ from sqlalchemy import text
 
 from app.api.context import AppContext
 from tests.conftest import TokenFactory, bearer
-from tests.runtime.conftest import Api, PoolFactory, script
 from tests.runtime.processes import ServeProcess, WorkerProcess
+from tests.runtime_fixtures import Api, PoolFactory, script
 
 
 async def _running_count(context: AppContext, tenant: str) -> int:

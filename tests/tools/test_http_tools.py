@@ -3,7 +3,6 @@ receiver on 127.0.0.1 (uvicorn), which records what arrived and answers as each 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -12,7 +11,6 @@ import socket
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,15 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.types import Receive, Scope, Send
 
 from app.api.context import AppContext
 from app.main import create_app
@@ -37,79 +31,10 @@ from app.tools.http import spec_from_definition
 from app.tools.models import ToolDefinition
 from app.tools.spec import RetryPolicy, ToolContext, ToolInputError, ToolSpec
 from tests.conftest import TokenFactory, bearer, client_for, make_settings
+from tests.receiver import Receiver, serving
 
 ALLOWLIST = ["127.0.0.1"]
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.05)
-
-
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-
-class Receiver:
-    """An ASGI app that records every request; the path picks the answer:
-    `/echo/…` 200 JSON echo, `/text/…` 200 text, `/status/<code>/…` that status,
-    `/slow/…` waits (until released), `/redirect/…` 302 to the metadata address."""
-
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.release = asyncio.Event()
-        self.port = 0
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-    def hits(self, path: str) -> list[Received]:
-        return [request for request in self.received if request.path == path]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        body = await request.body()
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        self.received.append(Received(request.url.path, headers, body))
-        response = await self._answer(request.url.path.split("/")[1:], body)
-        await response(scope, receive, send)
-
-    async def _answer(self, parts: list[str], body: bytes) -> Response:
-        kind = parts[0]
-        if kind == "echo":
-            return JSONResponse({"echo": json.loads(body)})
-        if kind == "text":
-            return PlainTextResponse("plain words, not JSON")
-        if kind == "status":
-            return PlainTextResponse("refused: " + "x" * 500, status_code=int(parts[1]))
-        if kind == "slow":
-            await asyncio.wait_for(self.release.wait(), timeout=10)
-            return JSONResponse({"late": True})
-        if kind == "redirect":
-            return RedirectResponse("http://169.254.169.254/latest/meta-data/", status_code=302)
-        return PlainTextResponse("no such behaviour", status_code=404)
-
-
-@asynccontextmanager
-async def serving(app: Receiver, **tls: Any) -> AsyncIterator[Receiver]:
-    """Run `app` with uvicorn on a free port of 127.0.0.1 (TLS when `tls` names the files)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    app.port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", **tls))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if task.done():
-                    task.result()  # surfaces a start-up failure instead of waiting it out
-                await asyncio.sleep(0.01)
-        yield app
-    finally:
-        app.release.set()
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ async def create_session(
     body: SessionCreate,
     principal: ClientPrincipal,
     scope: Scope,
+    context: Context,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
     if idempotency_key is not None:
@@ -47,7 +48,9 @@ async def create_session(
             return JSONResponse(
                 stored.body, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"}
             )
-    session = await sessions_service.create(scope, principal, body)
+    session = await sessions_service.create(
+        scope, principal, body, allowlist=context.settings.outbound_allowlist
+    )
     content = session.model_dump(mode="json")
     if idempotency_key is not None:
         await idempotency.store(

@@ -1,5 +1,5 @@
-"""Runtime test wiring: an in-process worker pool on the test database, helpers to create
-agents and sessions over HTTP and to wait for a session to finish."""
+"""Runtime test wiring, a pytest plugin of the root conftest: in-process worker pools on the
+test database, and helpers to create agents and sessions over HTTP and wait for them."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from app.api.context import AppContext
 from app.llm.providers import ModelResolver
 from app.runtime.worker import WorkerPool
 from app.settings import RuntimeSettings
+from app.webhooks.dispatcher import WebhookDispatcher
 from tests.conftest import TokenFactory, bearer
 
 FAST_RUNTIME = RuntimeSettings(
@@ -38,6 +39,7 @@ async def start_pool(context: AppContext) -> AsyncIterator[PoolFactory]:
         *,
         models: ModelResolver | None = None,
         settings: RuntimeSettings = FAST_RUNTIME,
+        webhooks: WebhookDispatcher | None = None,
     ) -> WorkerPool:
         pool = WorkerPool(
             settings,
@@ -46,6 +48,8 @@ async def start_pool(context: AppContext) -> AsyncIterator[PoolFactory]:
             session_factory=context.session_factory,
             models=models or context.models,
             tools=context.tools,
+            redis_url=context.redis_url,
+            webhooks=webhooks,
         )
         stop = asyncio.Event()
         running.append((stop, asyncio.create_task(pool.run(stop))))
