@@ -92,6 +92,7 @@ def create_app(
                 redis_url=context.redis_url,
                 redis_timeout_seconds=settings.redis.socket_timeout_seconds,
                 webhooks=WebhookDispatcher(settings.webhooks, settings.outbound_allowlist),
+                retention=settings.retention,
             )
             pool_task = asyncio.create_task(pool.run(stop), name="in-process-worker-pool")
         try:

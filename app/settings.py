@@ -172,6 +172,19 @@ class WebhookSettings(BaseSettings):
     dispatch_interval_seconds: float = Field(default=1.0, gt=0, le=60)
 
 
+class RetentionSettings(BaseSettings):
+    model_config = _group("RETENTION_")
+
+    finished_days: float | None = Field(
+        default=None, gt=0, description="Erase finished sessions older than this (unset: keep)"
+    )
+    keep_last: int | None = Field(
+        default=None, ge=1, description="Per tenant, keep only this many finished sessions"
+    )
+    interval_seconds: float = Field(default=60.0, gt=0, le=86_400, description="Purge cadence")
+    batch_size: int = Field(default=500, ge=1, le=100_000, description="Sessions per purge pass")
+
+
 class Settings(BaseSettings):
     """The root of all settings. Build once per process with :func:`get_settings`."""
 
@@ -198,6 +211,7 @@ class Settings(BaseSettings):
     tenant_defaults: TenantDefaults = Field(default_factory=TenantDefaults)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @field_validator("outbound_allowlist", mode="before")
     @classmethod

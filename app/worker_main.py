@@ -50,6 +50,7 @@ def build_pool(
         redis_url=redis_url,
         redis_timeout_seconds=settings.redis.socket_timeout_seconds,
         webhooks=WebhookDispatcher(settings.webhooks, settings.outbound_allowlist),
+        retention=settings.retention,
     )
     return pool, engine
 

@@ -31,10 +31,10 @@ from app.llm.providers import ModelResolver
 from app.runtime.faults import CrashPoints
 from app.runtime.loop import Claimed, Lease, RunDeps, SessionRun
 from app.runtime.store import RuntimeStore, asyncpg_dsn, create_pool
-from app.sessions import transitions
+from app.sessions import retention, transitions
 from app.sessions.events import NOTIFY_CHANNEL
 from app.sessions.feed import publish_session_news
-from app.settings import RuntimeSettings
+from app.settings import RetentionSettings, RuntimeSettings
 from app.tools.registry import ToolRegistry
 from app.webhooks.dispatcher import WebhookDispatcher
 
@@ -64,6 +64,7 @@ class WorkerPool:
         redis_url: str | None = None,
         redis_timeout_seconds: float = 0.25,
         webhooks: WebhookDispatcher | None = None,
+        retention: RetentionSettings | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -81,6 +82,7 @@ class WorkerPool:
         self._listener: asyncpg.Connection | None = None
         self.claimed_total = 0
         self.webhooks = webhooks
+        self.retention = retention
         # Followers of a session (SSE, long-polls) hear of new events through Redis.
         self._redis = (
             None
@@ -115,6 +117,12 @@ class WorkerPool:
         if self.webhooks is not None:
             background.append(
                 asyncio.create_task(self.webhooks.run(self._pool), name="worker-webhooks")
+            )
+        if self.retention is not None:
+            background.append(
+                asyncio.create_task(
+                    retention.run(self._pool, self.retention), name="worker-retention"
+                )
             )
         logger.info("worker %s started (concurrency %d)", self.worker_id, self.concurrency)
         try:

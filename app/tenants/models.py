@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Integer, String, Text
+from sqlalchemy import Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, created_at_column
@@ -19,6 +19,9 @@ class Tenant(Base):
     # same statement (app.sessions.transitions), so it cannot drift.
     running_sessions: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     rate_limit: Mapped[str | None] = mapped_column(String(64))
+    # Retention of finished sessions; NULL → the defaults in settings (RETENTION_*).
+    retention_days: Mapped[float | None] = mapped_column(Float)
+    retention_keep_last: Mapped[int | None] = mapped_column(Integer)
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_secret: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = created_at_column()
