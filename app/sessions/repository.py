@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, delete, or_, select
 
+from app.api.models import IdempotencyKey
 from app.sessions.errors import SessionNotFound
 from app.sessions.models import Session, SessionEvent
 from app.tenants.scoping import TenantScope
@@ -69,7 +70,13 @@ async def tool_calls(scope: TenantScope, session_id: str) -> list[ToolCall]:
 
 
 async def delete_finished(scope: TenantScope, session_id: str) -> bool:
-    """Delete the session if it is (still) finished; its rows in other tables go with it."""
+    """Delete the session if it is (still) finished; its rows in other tables go with it
+    (foreign-key cascades), and so does the idempotency record that points at it."""
+    await scope.db.execute(
+        delete(IdempotencyKey).where(
+            IdempotencyKey.tenant_id == scope.tenant_id, IdempotencyKey.resource_id == session_id
+        )
+    )
     result = await scope.db.execute(
         delete(Session).where(
             Session.session_id == session_id,

@@ -36,6 +36,8 @@ WITH limits AS (
           WHERE c.parent_id = r.session_id
             AND c.status NOT IN ('completed', 'failed', 'cancelled', 'timed_out'))
     LIMIT $3
+), keys AS (
+    DELETE FROM idempotency_keys k USING doomed d WHERE k.resource_id = d.session_id
 )
 DELETE FROM sessions s USING doomed d
 WHERE s.session_id = d.session_id

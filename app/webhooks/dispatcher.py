@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -120,7 +121,7 @@ class WebhookDispatcher:
         attempts = row["attempts"] + 1
         entry: dict[str, Any] = {
             "attempt": attempts,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "status_code": status_code,
             "error": error,
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),

@@ -13,6 +13,9 @@ from typing import Any
 import httpx
 
 from app.api.auth import mint_token
+from app.llm.function_model import FunctionModel
+from app.llm.model import ModelRequest, ModelResponse
+from app.llm.providers import ModelResolver
 from app.main import create_app
 from app.settings import ApiSettings
 from tests.conftest import PROJECT_ROOT, client_for, make_settings
@@ -194,3 +197,38 @@ async def test_cli_follower_prints_readable_progress(
     assert "← refund_order succeeded" in follower.stdout
     assert "model: Refunded 3 USD for order ord_1005." in follower.stdout
     assert lines[-1] == "[completed]"
+
+
+async def test_a_waiter_returns_within_100_ms_of_the_session_finishing(
+    api: Api, start_pool: PoolFactory
+) -> None:
+    gates: list[asyncio.Event] = []
+
+    async def gated(_request: ModelRequest) -> ModelResponse:
+        gate = asyncio.Event()
+        gates.append(gate)
+        await gate.wait()
+        return ModelResponse(content=[{"type": "text", "text": "done"}], stop_reason="end_turn")
+
+    models = ModelResolver()
+    models.register("gated", FunctionModel(gated))
+    await api.create_agent(name="gated", model="gated")
+    await start_pool(models=models)
+    lags = []
+    for _ in range(5):
+        session = await api.start("gated", "go")
+        await api.wait(session["id"], until=("running",))
+        waiter = asyncio.create_task(
+            api.http.get(
+                f"/v1/sessions/{session['id']}", params={"wait_seconds": 10}, headers=api.headers
+            )
+        )
+        await asyncio.sleep(0.2)
+        released = time.monotonic()
+        gates[-1].set()
+        response = await waiter
+        lags.append(time.monotonic() - released)
+        assert response.json()["status"] == "completed"
+    lags.sort()
+    # Median of five: the model answers, the run completes, the waiter has its answer.
+    assert lags[2] < 0.1, lags

@@ -5,9 +5,11 @@ N attempts, listed in the delivery log and replayable; URLs pass the outbound gu
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -116,6 +118,10 @@ async def test_failures_are_retried_with_backoff_then_dead_then_replayable(
     assert [d["session_id"] for d in dead] == [broken["id"]]
     assert dead[0]["attempts"] == FAST.max_attempts and dead[0]["last_status_code"] == 503
     assert len(receiver.hits("/status/503/y")) == FAST.max_attempts
+    # The delays between attempts grow (exponential back-off; jitter is ±20 %).
+    times = [datetime.fromisoformat(a["at"]) for a in delivered[0]["attempt_log"]]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    assert gaps[1] > gaps[0] * 1.2, gaps
     # The receiver got the same webhook-id each time (so it can dedupe retries).
     assert len({hit.headers["webhook-id"] for hit in receiver.hits("/flaky/2/x")}) == 1
 
@@ -183,3 +189,27 @@ async def test_webhook_admin_routes_need_the_admin_role(
     headers = bearer(make_token(tenant, roles=("client", "reviewer")))
     for method, path in (("GET", "/v1/webhooks/deliveries"), ("GET", "/v1/webhooks/settings")):
         assert (await client.request(method, path, headers=headers)).status_code == 403
+
+
+async def test_a_state_change_is_delivered_even_if_its_worker_died_before_delivering(
+    allowlisted: httpx.AsyncClient,
+    tenant: str,
+    make_token: TokenFactory,
+    receiver: Receiver,
+    start_pool: PoolFactory,
+) -> None:
+    api = Api(allowlisted, tenant, make_token)
+    await api.create_agent(name="hooked", **script({"text": "done"}))
+    # A worker with no dispatcher finishes the session: the webhook waits in the outbox,
+    # as it would if the worker had died right after the state change committed.
+    await start_pool()
+    session = await api.start("hooked", "go", webhook_url=receiver.url("/echo/outbox"))
+    await api.wait(session["id"])
+    pending = await api.http.get(
+        "/v1/webhooks/deliveries", params={"status": "pending"}, headers=api.headers
+    )
+    assert [d["session_id"] for d in pending.json()["items"]] == [session["id"]]
+    assert not receiver.hits("/echo/outbox")
+    await start_pool(webhooks=WebhookDispatcher(FAST, ["127.0.0.1"]))  # another process
+    await _wait_for(lambda: bool(receiver.hits("/echo/outbox")))
+    await allowlisted.aclose()
