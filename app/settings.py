@@ -129,7 +129,7 @@ class TenantDefaults(BaseSettings):
     model_config = _group("TENANT_DEFAULT_")
 
     max_running_sessions: int = Field(
-        default=50, ge=1, le=10_000, description="Running-session cap for a new tenant"
+        default=50, ge=0, le=10_000, description="Running-session cap for a new tenant (0: paused)"
     )
 
 

@@ -9,6 +9,7 @@ import signal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.agents import service as agents_service
+from app.db import models as _all_models  # noqa: F401  (every table known to the ORM)
 from app.db.engine import create_engine, create_session_factory
 from app.llm.providers import ModelResolver
 from app.runtime.worker import WorkerPool

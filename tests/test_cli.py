@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -77,3 +80,28 @@ def test_services_status_reports_the_embedded_daemons() -> None:
     assert statuses["postgres"]["port"] and statuses["postgres"]["socket"].endswith(
         str(statuses["postgres"]["port"])
     )
+
+
+def test_worker_starts_on_a_fresh_database_and_loads_the_yaml_agents(
+    empty_database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    assert _cli("migrate", env={"DATABASE_URL": empty_database_url}).returncode == 0
+    env = {
+        **os.environ, "AUTH_JWT_SECRET": TEST_JWT_SECRET, "ENVIRONMENT": "test", "LOG_JSON": "false",
+        "DATABASE_URL": empty_database_url, "REDIS_URL": redis_url,
+    }  # fmt: skip
+    log = tmp_path / "worker.log"
+    with log.open("wb") as handle:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--concurrency", "2"],
+            cwd=PROJECT_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while "started (concurrency 2)" not in log.read_text() and time.monotonic() < deadline:
+                assert worker.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.1)
+            assert "loaded agents" in log.read_text() and "support v1" in log.read_text()
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=30) == 0
