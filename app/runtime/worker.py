@@ -28,8 +28,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.llm.providers import ModelResolver
+from app.runtime.claim import Claimed, Lease, RunDeps
 from app.runtime.faults import CrashPoints
-from app.runtime.loop import Claimed, Lease, RunDeps, SessionRun
+from app.runtime.loop import SessionRun
 from app.runtime.store import RuntimeStore, asyncpg_dsn, create_pool
 from app.sessions import retention, transitions
 from app.sessions.events import NOTIFY_CHANNEL

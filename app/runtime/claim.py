@@ -1,0 +1,82 @@
+"""What a worker holds while it runs a session: the claimed row, its lease, and the
+dependencies a run needs."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.agents.schemas import AgentDefinition
+from app.llm.providers import ModelResolver
+from app.runtime.faults import CrashPoints
+from app.runtime.store import RuntimeStore
+from app.tools.registry import ToolRegistry
+
+LEASE_SAFETY_MARGIN_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RunDeps:
+    store: RuntimeStore
+    models: ModelResolver
+    tools: ToolRegistry
+    session_factory: async_sessionmaker[AsyncSession]
+    crash_points: CrashPoints
+
+
+@dataclass
+class Lease:
+    """What this worker holds: the session, its fencing epoch, and (monotonic) expiry."""
+
+    session_id: str
+    epoch: int
+    expires_at: float
+    lost: bool = False
+
+    def still_valid(self) -> bool:
+        return not self.lost and time.monotonic() < self.expires_at - LEASE_SAFETY_MARGIN_SECONDS
+
+
+class SessionEnded(Exception):
+    """Internal signal: the session reached a final (or parked) status this step."""
+
+
+@dataclass
+class Claimed:
+    session_id: str
+    tenant_id: str
+    epoch: int
+    input: Any
+    definition: AgentDefinition
+    turns: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    deadline_at: datetime | None
+    cancel_requested: bool
+    # First claim of a session never run before: its log holds only `queued` and `running`.
+    fresh: bool = False
+
+    @classmethod
+    def from_row(cls, row: Any) -> Claimed:
+        definition = json.loads(row["agent_definition"]) if row["agent_definition"] else {}
+        return cls(
+            session_id=row["session_id"],
+            tenant_id=row["tenant_id"],
+            epoch=row["lease_epoch"],
+            input=json.loads(row["input"]) if row["input"] is not None else None,
+            definition=AgentDefinition.model_validate(definition),
+            turns=row["turns"],
+            input_tokens=row["input_tokens"],
+            output_tokens=row["output_tokens"],
+            cost_usd=row["cost_usd"],
+            deadline_at=row["deadline_at"],
+            cancel_requested=row["cancel_requested_at"] is not None,
+            fresh=row["event_seq"] == 2 and row["turns"] == 0,
+        )
