@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import PlatformError
@@ -115,6 +117,47 @@ async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
     )
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> ProblemResponse:
+    logger.warning("database unavailable: %r", exc)
+    return problem(
+        503,
+        "database-unavailable",
+        "Service unavailable",
+        "the database cannot be reached right now; retry shortly",
+        instance=request.url.path,
+        headers={"Retry-After": "2"},
+    )
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    """A failure to reach the database (refused, dropped, timed out), not a bad query."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(
+            current, OSError | TimeoutError | asyncpg.exceptions.ConnectionDoesNotExistError
+        ):
+            return True
+        if isinstance(
+            current,
+            asyncpg.exceptions.CannotConnectNowError | asyncpg.exceptions.TooManyConnectionsError,
+        ):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+async def _infrastructure_error(request: Request, exc: Exception) -> ProblemResponse:
+    """Errors of the layers below (database driver, sockets): 503 when the database cannot be
+    reached, else the generic 500."""
+    if _is_connection_failure(exc):
+        return await _database_unavailable(request, exc)
+    return await _unexpected_error(request, exc)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
     logger.exception("unhandled error", extra={"path": request.url.path})
     return problem(
@@ -130,4 +173,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PlatformError, _platform_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for infrastructure in (OSError, TimeoutError, DBAPIError, asyncpg.exceptions.PostgresError):
+        app.add_exception_handler(infrastructure, _infrastructure_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -83,3 +83,30 @@ async def test_method_not_allowed_is_a_problem(client: httpx.AsyncClient) -> Non
     response = await client.delete("/v1/me")
     assert response.status_code == 405
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_unreachable_database_is_a_503_problem_not_a_500(
+    context_factory: Any, database_url: str, make_token: Any, tenant: str
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from app.embedded import _free_port
+
+    # A server that is not there: connections are refused at once.
+    nowhere = (
+        make_url(database_url)
+        .set(host="127.0.0.1", port=_free_port(), query={})
+        .render_as_string(hide_password=False)
+    )
+    settings = make_settings()
+    app = create_app(settings, context=context_factory(settings, database_url=nowhere))
+    async with client_for(app) as http:
+        response = await http.get(
+            "/v1/me", headers={"Authorization": f"Bearer {make_token(tenant)}"}
+        )
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"].endswith("database-unavailable")
+        assert response.headers["retry-after"] == "2"
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"].startswith("down")
