@@ -143,9 +143,12 @@ async def for_new_session(
     """The agent a new session will run (its current or the requested version), in one round
     trip, its row read `FOR SHARE` until commit so the kill switch cannot miss the session
     (a disable waits for this transaction, or this read waits for the disable)."""
-    row = (
-        await db.execute(_FOR_SESSION, {"tenant_id": tenant_id, "name": name, "version": version})
-    ).one_or_none()
+    parameters = {"tenant_id": tenant_id, "name": name, "version": version}
+    row = (await db.execute(_FOR_SESSION, parameters)).one_or_none()
+    if row is None:
+        # If we waited on the share lock for an update (a new version), the row came back
+        # re-checked but the join still saw the old snapshot: a second read sees the new one.
+        row = (await db.execute(_FOR_SESSION, parameters)).one_or_none()
     if row is None:
         return None
     return AgentForSession(row.agent_id, row.name, row.enabled, row.version, row.definition)

