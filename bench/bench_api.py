@@ -18,9 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-from common import ROOT, bench_database, machine
+from common import ROOT, bench_database, machine, wait_ready
 
 from app.api.auth import mint_token
 from app.settings import Settings
@@ -46,17 +45,6 @@ def ensure_wrk() -> str:
     if not found:
         sys.exit("wrk is needed: apt-get install -y wrk")
     return found
-
-
-def wait_ready(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(url, timeout=1).status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    sys.exit(f"server at {url} did not become ready")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -28,7 +28,7 @@ import httpx
 import psutil
 import uvicorn
 import uvloop
-from common import ROOT, bench_database, connect, machine, pct
+from common import ROOT, bench_database, connect, machine, pct, wait_ready
 from starlette.responses import PlainTextResponse
 
 from app.api.auth import mint_token
@@ -201,13 +201,7 @@ def main(args: argparse.Namespace) -> None:
             stderr=open("/tmp/bench-delivery-worker.log", "wb"),  # noqa: SIM115
         )
         try:
-            for _ in range(100):
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
+            wait_ready(f"http://127.0.0.1:{port}/readyz")
             token = mint_token(
                 settings.auth,
                 tenant=TOKEN_TENANT,

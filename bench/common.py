@@ -109,3 +109,18 @@ def machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {cpu}"
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    """Until `url` answers 200 (a server the benchmark started), or exit saying so."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"server at {url} did not become ready")

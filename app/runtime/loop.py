@@ -21,19 +21,20 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from app.db.ids import new_id
 from app.llm.model import ModelRequest, ModelResponse, ModelUnavailable, TokenUsage
 from app.llm.pricing import cost_usd
 from app.observability.logging import session_id_var
 from app.runtime.claim import Claimed, Lease, RunDeps, SessionEnded
 from app.runtime.conversation import Conversation, rebuild, tool_result_block
+from app.runtime.limits import limit_reached
 from app.runtime.loop_detection import Call, LoopDetector
 from app.runtime.output import check_final_answer
+from app.runtime.planning import plan_calls
 from app.runtime.store import LeaseLost, PlannedCall, ToolCallRecord
 from app.sessions import transitions
 from app.sessions.states import SessionStatus
 from app.tools import executor
-from app.tools.spec import ToolContext, ToolInputError, ToolSpec
+from app.tools.spec import ToolContext, ToolSpec
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class SessionRun:
                 return
         while True:
             await self._safe_point()
-            limit = self._limit_reached()
+            limit = limit_reached(self.claimed, datetime.now(UTC))
             if limit is not None:
                 status, code, message = limit
                 await self._end(status, error=(code, message))
@@ -192,39 +193,12 @@ class SessionRun:
             await self._persist_response(response, [], conversation)
             return
         if stop == "tool_use" and response.tool_uses:
-            calls = self._plan_calls(response)
+            calls = plan_calls(response, self.tools, self.claimed.definition.tools)
             await self._persist_response(response, calls, conversation)
             await self._run_calls(calls, conversation)
             await self._after_tools(conversation)
             return
         await self._finish_with(response, conversation, persisted=False)
-
-    def _plan_calls(self, response: ModelResponse) -> list[PlannedCall]:
-        planned = []
-        allowed = set(self.claimed.definition.tools)
-        for block in response.tool_uses:
-            name, arguments = block["name"], block.get("input", {})
-            spec = self.tools.get(name)
-            status, error = "started", None
-            if name not in allowed or spec is None:
-                status, error = "denied", f"tool `{name}` is not available to this agent"
-            else:
-                try:
-                    arguments = executor.validate_arguments(spec, arguments)
-                except ToolInputError as exc:
-                    status, error = "failed", str(exc)
-            planned.append(
-                PlannedCall(
-                    row_id=new_id("tc"),
-                    tool_use_id=block["id"],
-                    tool=name,
-                    arguments=arguments if isinstance(arguments, dict) else {"_invalid": arguments},
-                    status=status,
-                    idempotent=spec.idempotent if spec else False,
-                    error=error,
-                )
-            )
-        return planned
 
     async def _persist_response(
         self, response: ModelResponse, calls: list[PlannedCall], conversation: Conversation
@@ -445,39 +419,6 @@ class SessionRun:
             # Our lease may have expired while we were stalled: another worker may own the
             # session now. Never start a side effect without a live lease.
             raise LeaseLost(self.claimed.session_id)
-
-    def _limit_reached(self) -> tuple[SessionStatus, str, str] | None:
-        limits = self.claimed.definition.limits
-        code: tuple[SessionStatus, str, str] | None = None
-        if self.claimed.deadline_at is not None and datetime.now(UTC) >= self.claimed.deadline_at:
-            code = (
-                SessionStatus.TIMED_OUT,
-                "deadline_exceeded",
-                f"deadline of {limits.deadline_seconds:g}s passed",
-            )
-        elif self.claimed.turns >= limits.max_turns:
-            code = (
-                SessionStatus.FAILED,
-                "max_turns_exceeded",
-                f"reached max_turns={limits.max_turns}",
-            )
-        elif limits.max_tokens_total is not None and (
-            self.claimed.input_tokens + self.claimed.output_tokens >= limits.max_tokens_total
-        ):
-            code = (
-                SessionStatus.FAILED,
-                "token_budget_exceeded",
-                f"used the token budget of {limits.max_tokens_total}",
-            )
-        elif limits.max_cost_usd is not None and self.claimed.cost_usd >= Decimal(
-            str(limits.max_cost_usd)
-        ):
-            code = (
-                SessionStatus.FAILED,
-                "cost_budget_exceeded",
-                f"used the cost budget of ${limits.max_cost_usd}",
-            )
-        return code
 
     async def _bounded_by_deadline(self, awaitable: Any) -> ModelResponse:
         deadline = self.claimed.deadline_at
