@@ -14,7 +14,7 @@ from app.api.context import AppContext
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_problem_handlers
 from app.api.rate_limit import RateLimiter
-from app.api.routes import agents, health, me, sessions, tools, webhooks
+from app.api.routes import agents, approvals, audit, health, me, sessions, tools, webhooks
 from app.db import models as _all_models  # noqa: F401  (every table known to the ORM)
 from app.db.engine import create_engine, create_session_factory
 from app.embedded import resolve_database_url, resolve_redis_url
@@ -119,4 +119,6 @@ def create_app(
     app.include_router(sessions.router)
     app.include_router(tools.router)
     app.include_router(webhooks.router)
+    app.include_router(approvals.router)
+    app.include_router(audit.router)
     return app
