@@ -18,6 +18,7 @@ from app.api.routes import agents, approvals, audit, health, me, sessions, tools
 from app.db import models as _all_models  # noqa: F401  (every table known to the ORM)
 from app.db.engine import create_engine, create_session_factory
 from app.embedded import resolve_database_url, resolve_redis_url
+from app.llm.pricing import PriceTable
 from app.llm.providers import ModelResolver
 from app.redis_client import create_redis
 from app.runtime.worker import WorkerPool
@@ -52,7 +53,7 @@ def build_context(
         token_verifier=TokenVerifier(settings.auth),
         tenants=TenantRegistry(settings.tenant_defaults),
         tools=ToolRegistry(),
-        models=ModelResolver(),
+        models=ModelResolver.from_settings(settings, redis_url),
         feed=SessionFeedHub(
             session_factory,
             redis_url,
@@ -63,6 +64,7 @@ def build_context(
 
 async def close_context(context: AppContext) -> None:
     await context.feed.stop()
+    await context.models.aclose()
     await context.rate_limiter.close()
     await context.redis.aclose()
     await context.engine.dispose()
@@ -94,6 +96,7 @@ def create_app(
                 redis_timeout_seconds=settings.redis.socket_timeout_seconds,
                 webhooks=WebhookDispatcher(settings.webhooks, settings.outbound_allowlist),
                 retention=settings.retention,
+                prices=PriceTable(settings.llm.prices),
             )
             pool_task = asyncio.create_task(pool.run(stop), name="in-process-worker-pool")
         try:

@@ -9,6 +9,7 @@ one is listed in ``.env.example``.
 from __future__ import annotations
 
 import ipaddress
+import json
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -160,6 +161,68 @@ class RuntimeSettings(BaseSettings):
     )
 
 
+class AnthropicSettings(BaseSettings):
+    """The SDK's own variables: `ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL` (any
+    Anthropic-compatible endpoint or proxy). Without a key only `offline` agents run."""
+
+    model_config = _group("ANTHROPIC_")
+
+    api_key: SecretStr | None = Field(default=None, description="Enables the anthropic provider")
+    base_url: str | None = Field(default=None, description="Default: the SDK's (api.anthropic.com)")
+    timeout_seconds: float = Field(default=120.0, gt=0, le=3600, description="Per model call")
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+
+
+class LlmSettings(BaseSettings):
+    """The LLM gateway: retries, circuit breakers, response cache, prices, tenant budgets."""
+
+    model_config = _group("LLM_")
+
+    max_retries: int = Field(default=3, ge=0, le=10, description="Per model, then fallback")
+    retry_base_seconds: float = Field(default=1.0, ge=0, le=60, description="Doubles per retry")
+    retry_max_seconds: float = Field(default=30.0, ge=0, le=600, description="Back-off cap")
+    breaker_failure_threshold: int = Field(
+        default=5, ge=1, le=1000, description="Consecutive failures that open a circuit"
+    )
+    breaker_failure_rate: float = Field(
+        default=0.5, gt=0, le=1, description="Failure rate over the window that opens it"
+    )
+    breaker_window_seconds: float = Field(default=60.0, gt=0, le=3600)
+    breaker_minimum_calls: int = Field(
+        default=20, ge=1, le=100_000, description="Calls in the window before the rate counts"
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Open → one half-open probe after this"
+    )
+    breaker_success_threshold: int = Field(
+        default=2, ge=1, le=100, description="Probe successes that close a circuit"
+    )
+    cache_ttl_seconds: int = Field(
+        default=300, ge=1, le=7 * 86_400, description="Response cache entry lifetime"
+    )
+    cheap_model: str = Field(
+        default="claude-haiku-4-5", description="The tier for summaries and compaction"
+    )
+    prices: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
+        default_factory=dict,
+        description='USD per million tokens overriding the table, JSON: {"model": {"input": 3, '
+        '"output": 15, "cache_write": 3.75, "cache_read": 0.3}}',
+    )
+    tenant_daily_token_budget: int | None = Field(
+        default=None, ge=1, description="Per tenant per UTC day; unset = unlimited"
+    )
+    tenant_daily_cost_budget_usd: float | None = Field(
+        default=None, gt=0, description="Per tenant per UTC day; unset = unlimited"
+    )
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+
 class WebhookSettings(BaseSettings):
     model_config = _group("WEBHOOK_")
 
@@ -212,6 +275,8 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
 
     @field_validator("outbound_allowlist", mode="before")
     @classmethod

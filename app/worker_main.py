@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.agents import service as agents_service
 from app.db import models as _all_models  # noqa: F401  (every table known to the ORM)
 from app.db.engine import create_engine, create_session_factory
+from app.llm.pricing import PriceTable
 from app.llm.providers import ModelResolver
 from app.runtime.worker import WorkerPool
 from app.settings import Settings
@@ -41,6 +42,8 @@ def build_pool(
 ) -> tuple[WorkerPool, AsyncEngine]:
     """A pool and the engine its tools use (dispose it after the pool stops)."""
     engine = create_engine(settings.database, database_url)
+    if models is None and redis_url is not None:
+        models = ModelResolver.from_settings(settings, redis_url)
     pool = WorkerPool(
         settings.runtime,
         database_url,
@@ -52,6 +55,7 @@ def build_pool(
         redis_timeout_seconds=settings.redis.socket_timeout_seconds,
         webhooks=WebhookDispatcher(settings.webhooks, settings.outbound_allowlist),
         retention=settings.retention,
+        prices=PriceTable(settings.llm.prices),
     )
     return pool, engine
 
@@ -76,4 +80,5 @@ async def run_worker(
     try:
         await pool.run(stop)
     finally:
+        await pool.models.aclose()
         await engine.dispose()

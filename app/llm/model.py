@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 ContentBlock = dict[str, Any]  # {"type": "text"|"tool_use"|"tool_result", ...}
 Message = dict[str, Any]  # {"role": "user"|"assistant", "content": [ContentBlock, ...]}
+
+
+DeltaSink = Callable[[int, str], None]  # (content block index, text) as it is written
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,15 @@ class ModelRequest:
     max_tokens: int
     session_input: Any = None
     assistant_turns: int = 0  # assistant messages so far in the whole conversation
+    # What the gateway needs beyond the Messages body.
+    tenant_id: str = ""
+    session_id: str = ""
+    fallback_models: tuple[str, ...] = ()
+    temperature: float | None = None
+    cache_responses: bool = False
+    prompt_caching: bool = False
+    deadline_at: datetime | None = None  # retries never wait past it
+    on_delta: DeltaSink | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,14 @@ class TokenUsage:
     def total(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    def to_json(self) -> dict[str, int]:
+        data = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        if self.cache_creation_input_tokens:
+            data["cache_creation_input_tokens"] = self.cache_creation_input_tokens
+        if self.cache_read_input_tokens:
+            data["cache_read_input_tokens"] = self.cache_read_input_tokens
+        return data
+
 
 @dataclass(frozen=True)
 class ModelResponse:
@@ -41,6 +63,8 @@ class ModelResponse:
     usage: TokenUsage = field(default_factory=TokenUsage)
     model: str = ""
     confidence: float | None = None  # stated by the offline script (for confidence gates)
+    cached: bool = False  # served from the gateway's response cache (cost 0)
+    ttft_ms: float | None = None  # time to the first streamed content delta
 
     @property
     def tool_uses(self) -> list[ContentBlock]:
@@ -57,11 +81,10 @@ class ModelResponse:
             "content": self.content,
             "stop_reason": self.stop_reason,
             "model": self.model,
-            "usage": {
-                "input_tokens": self.usage.input_tokens,
-                "output_tokens": self.usage.output_tokens,
-            },
+            "usage": self.usage.to_json(),
         }
+        if self.cached:
+            data["cached"] = True
         if self.confidence is not None:
             data["confidence"] = self.confidence
         return data

@@ -31,3 +31,32 @@ DEPENDENCY_UP = Gauge(
     "1 if the last readiness check reached the dependency, else 0",
     ["dependency"],
 )
+LLM_CALLS = Counter(
+    "agent_llm_calls_total",
+    "Model calls by provider, model and outcome (ok|error|cache_hit|circuit_open)",
+    ["provider", "model", "outcome"],
+)
+LLM_CALL_SECONDS = Histogram(
+    "agent_llm_call_seconds",
+    "Model call latency (one attempt) by provider and model",
+    ["provider", "model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
+)
+LLM_TTFT_SECONDS = Histogram(
+    "agent_llm_time_to_first_token_seconds",
+    "Time from sending a streamed model call to its first content delta",
+    ["provider", "model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16),
+)
+LLM_RETRIES = Counter(
+    "agent_llm_retries_total", "Model call retries by model and HTTP status", ["model", "status"]
+)
+LLM_FALLBACKS = Counter(
+    "agent_llm_fallbacks_total", "Fell over from one model to the next", ["from_model", "to_model"]
+)
+LLM_TOKENS = Counter(
+    "agent_llm_tokens_total",
+    "Tokens by model and kind (input|output|cache_write|cache_read)",
+    ["model", "kind"],
+)
+LLM_COST_USD = Counter("agent_llm_cost_usd_total", "Model spend in USD by model", ["model"])

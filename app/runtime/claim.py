@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -13,9 +14,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agents.schemas import AgentDefinition
+from app.llm.pricing import PriceTable
 from app.llm.providers import ModelResolver
 from app.runtime.faults import CrashPoints
 from app.runtime.store import RuntimeStore
+from app.sessions.feed import DeltaForwarder
 from app.tools.registry import ToolRegistry
 
 LEASE_SAFETY_MARGIN_SECONDS = 1.0
@@ -28,6 +31,9 @@ class RunDeps:
     tools: ToolRegistry
     session_factory: async_sessionmaker[AsyncSession]
     crash_points: CrashPoints
+    prices: PriceTable = field(default_factory=PriceTable)
+    # A forwarder of one session's streamed text deltas to its followers (None: no Redis).
+    deltas: Callable[[str], DeltaForwarder] | None = None
 
 
 @dataclass

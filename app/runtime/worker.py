@@ -27,6 +27,7 @@ import asyncpg
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.llm.pricing import PriceTable
 from app.llm.providers import ModelResolver
 from app.runtime.claim import Claimed, Lease, RunDeps
 from app.runtime.faults import CrashPoints
@@ -34,7 +35,7 @@ from app.runtime.loop import SessionRun
 from app.runtime.store import RuntimeStore, asyncpg_dsn, create_pool
 from app.sessions import retention, transitions
 from app.sessions.events import NOTIFY_CHANNEL
-from app.sessions.feed import publish_session_news
+from app.sessions.feed import DeltaForwarder, publish_session_news
 from app.settings import RetentionSettings, RuntimeSettings
 from app.tools.registry import ToolRegistry
 from app.webhooks.dispatcher import WebhookDispatcher
@@ -66,6 +67,7 @@ class WorkerPool:
         redis_timeout_seconds: float = 0.25,
         webhooks: WebhookDispatcher | None = None,
         retention: RetentionSettings | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -87,6 +89,7 @@ class WorkerPool:
         self.claimed_total = 0
         self.webhooks = webhooks
         self.retention = retention
+        self.prices = prices or PriceTable()
         # Followers of a session (SSE, long-polls) hear of new events through Redis.
         self._redis = (
             None
@@ -113,6 +116,8 @@ class WorkerPool:
             tools=self.tools,
             session_factory=self.session_factory,
             crash_points=CrashPoints(self.settings),
+            prices=self.prices,
+            deltas=None if self._redis is None else self._delta_forwarder,
         )
         background = [
             asyncio.create_task(self._listen(), name="worker-listen"),
@@ -179,6 +184,10 @@ class WorkerPool:
             self._announce(claimed.session_id)  # its `session.running` event
         self.claimed_total += len(rows)
         return len(rows)
+
+    def _delta_forwarder(self, session_id: str) -> DeltaForwarder:
+        assert self._redis is not None
+        return DeltaForwarder(self._redis, session_id, self._redis_timeout_seconds)
 
     def _announce(self, session_id: str) -> None:
         """Publish that the session has new events, without waiting for it (best effort)."""

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -31,6 +32,9 @@ from app.sessions.models import SessionEvent
 
 logger = logging.getLogger(__name__)
 NEWS_CHANNEL = "agent:session-events"
+# Transient text deltas of a model answer as it is written (not stored one by one: the
+# stored event is the complete message). Followers get them as `delta` events without an id.
+DELTA_CHANNEL = "agent:session-deltas"
 
 
 async def publish_session_news(redis: Redis, session_id: str, timeout_seconds: float) -> None:
@@ -41,6 +45,63 @@ async def publish_session_news(redis: Redis, session_id: str, timeout_seconds: f
     except Exception as exc:
         metrics.REDIS_FALLBACKS.labels(feature="session_news").inc()
         logger.debug("could not publish session news: %r", exc)
+
+
+class DeltaForwarder:
+    """Publishes one session's text deltas on DELTA_CHANNEL, in order, from one task
+    (deltas that arrive while a publish is in flight go out together). Best effort."""
+
+    def __init__(self, redis: Redis, session_id: str, timeout_seconds: float) -> None:
+        self.redis = redis
+        self.session_id = session_id
+        self.timeout_seconds = timeout_seconds
+        self._buffer: list[tuple[int, str]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._sent = 0
+
+    def push(self, index: int, text: str) -> None:
+        self._buffer.append((index, text))
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"deltas-{self.session_id}")
+
+    async def close(self) -> None:
+        """Send what is buffered, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._buffer = self._buffer, []
+            for index, text in _merged(batch):
+                self._sent += 1
+                message = json.dumps(
+                    {"session_id": self.session_id, "index": index, "text": text, "n": self._sent}
+                )
+                try:
+                    async with asyncio.timeout(self.timeout_seconds):
+                        await self.redis.publish(DELTA_CHANNEL, message)
+                except Exception as exc:
+                    metrics.REDIS_FALLBACKS.labels(feature="session_deltas").inc()
+                    logger.debug("could not publish a delta: %r", exc)
+            if self._closing and not self._buffer:
+                return
+
+
+def _merged(batch: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    merged: list[tuple[int, str]] = []
+    for index, text in batch:
+        if merged and merged[-1][0] == index:
+            merged[-1] = (index, merged[-1][1] + text)
+        else:
+            merged.append((index, text))
+    return merged
 
 
 @dataclass(frozen=True)
@@ -54,6 +115,11 @@ class FeedEvent:
     @classmethod
     def of(cls, row: SessionEvent) -> FeedEvent:
         return cls(row.event_id, row.seq, row.type, row.data, row.created_at)
+
+    @property
+    def transient(self) -> bool:
+        """A live-only event (a text delta): no id, never stored, not replayed."""
+        return self.event_id == 0
 
 
 @dataclass
@@ -163,20 +229,33 @@ class SessionFeedHub:
                 for queue in feed.followers:
                     queue.put_nowait(event)
 
+    def _hand_out_delta(self, raw: bytes) -> None:
+        delta = json.loads(raw)
+        feed = self._feeds.get(delta.pop("session_id", ""))
+        if feed is None:
+            return
+        event = FeedEvent(0, 0, "delta", delta, datetime.now(UTC))
+        for queue in feed.followers:
+            queue.put_nowait(event)
+
     # -- news sources -----------------------------------------------------------------------
 
     async def _listen(self) -> None:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(NEWS_CHANNEL)
+                await pubsub.subscribe(NEWS_CHANNEL, DELTA_CHANNEL)
                 self._redis_ok = True
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        session_id = message["data"].decode()
-                        if session_id in self._feeds:
-                            await self.news(session_id)
+                    if message is None:
+                        continue
+                    if message["channel"] == DELTA_CHANNEL.encode():
+                        self._hand_out_delta(message["data"])
+                        continue
+                    session_id = message["data"].decode()
+                    if session_id in self._feeds:
+                        await self.news(session_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

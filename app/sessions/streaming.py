@@ -27,6 +27,8 @@ def sse_frame(event: FeedEvent) -> bytes:
         "created_at": event.created_at.isoformat(),
     }
     payload = json.dumps(data, separators=(",", ":"), default=str)
+    if event.transient:  # no id: a resumed stream never asks for it again
+        return f"event: {event.type}\ndata: {payload}\n\n".encode()
     return f"id: {event.event_id}\nevent: {event.type}\ndata: {payload}\n\n".encode()
 
 
@@ -60,6 +62,9 @@ async def stream_events(
                 event = await asyncio.wait_for(live.get(), heartbeat_seconds)
             except TimeoutError:
                 yield b": keep-alive\n\n"
+                continue
+            if event.transient:
+                yield sse_frame(event)
                 continue
             if event.event_id <= last_sent:
                 continue  # already sent from the backlog
