@@ -30,7 +30,7 @@ from app.settings import AuthSettings, Environment, Settings
 from app.tools.registry import ToolRegistry
 from app.worker_main import load_agents
 
-pytest_plugins = ["tests.fixtures_redis", "tests.runtime_fixtures"]
+pytest_plugins = ["tests.fixtures_redis", "tests.runtime_fixtures", "tests.llm.fake_server"]
 
 TEST_JWT_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -69,12 +69,10 @@ class AgentDefinition(BaseModel):
     description: str = Field(default="", max_length=4000)
     model: str = Field(default="offline", min_length=1, max_length=128)
     fallback_models: list[str] = Field(default_factory=list, max_length=5)
-    temperature: float | None = Field(
-        default=None, ge=0, le=1, description="Unset: the provider's default (1.0)"
-    )
     cache_responses: bool = Field(
         default=False,
-        description="Serve identical deterministic (temperature 0) requests from the cache",
+        description="Answer an identical request from the response cache (opt in when the "
+        "agent's requests are deterministic: same request, same acceptable answer)",
     )
     prompt_caching: bool = Field(
         default=False, description="Mark the system prompt and tools with cache_control"
@@ -113,10 +111,6 @@ class AgentDefinition(BaseModel):
     def _offline_needs_script(self) -> AgentDefinition:
         if self.model != "offline" and self.offline is not None:
             raise ValueError("`offline` (a script) is only for model `offline`")
-        if self.cache_responses and self.temperature != 0:
-            raise ValueError(
-                "cache_responses needs temperature 0: only deterministic requests are cached"
-            )
         return self
 
 

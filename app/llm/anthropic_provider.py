@@ -118,8 +118,6 @@ def request_params(request: ModelRequest, model: str) -> dict[str, Any]:
     }
     if tools:
         params["tools"] = tools
-    if request.temperature is not None:
-        params["temperature"] = request.temperature
     return params
 
 

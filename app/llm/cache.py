@@ -1,8 +1,9 @@
 """The opt-in response cache (Redis): identical deterministic requests answered once.
 
-Only an agent with `cache_responses: true` (which requires temperature 0) uses it. The key
-is a SHA-256 of the canonical JSON of the whole request — model, fallbacks, system prompt,
-tools, messages, max_tokens, temperature, prompt caching — prefixed by the tenant, so two
+Only an agent with `cache_responses: true` uses it: its owner declares its requests
+deterministic (the pinned API version, 2026-10-21, has no sampling temperature to pin to 0).
+The key is a SHA-256 of the canonical JSON of the whole request — model, fallbacks, system
+prompt, tools, messages, max_tokens, prompt caching — prefixed by the tenant, so two
 tenants or two different prompts never share an entry. A hit costs nothing: its usage is
 zero and the response is marked `cached`. Redis trouble is a miss, never an error.
 """
@@ -33,7 +34,6 @@ def cache_key(request: ModelRequest) -> str:
         "tools": request.tools,
         "messages": request.messages,
         "max_tokens": request.max_tokens,
-        "temperature": request.temperature,
         "prompt_caching": request.prompt_caching,
     }
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -49,7 +49,7 @@ class ResponseCache:
 
     @staticmethod
     def applies(request: ModelRequest) -> bool:
-        return request.cache_responses and request.temperature == 0
+        return request.cache_responses
 
     async def get(self, request: ModelRequest) -> ModelResponse | None:
         try:

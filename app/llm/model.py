@@ -27,7 +27,6 @@ class ModelRequest:
     tenant_id: str = ""
     session_id: str = ""
     fallback_models: tuple[str, ...] = ()
-    temperature: float | None = None
     cache_responses: bool = False
     prompt_caching: bool = False
     deadline_at: datetime | None = None  # retries never wait past it

@@ -203,7 +203,6 @@ class SessionRun:
             tenant_id=self.claimed.tenant_id,
             session_id=self.claimed.session_id,
             fallback_models=tuple(definition.fallback_models),
-            temperature=definition.temperature,
             cache_responses=definition.cache_responses,
             prompt_caching=definition.prompt_caching,
             deadline_at=self.claimed.deadline_at,
