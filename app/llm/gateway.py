@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -100,8 +100,10 @@ class ProviderGateway:
         self.prices = prices
         self.retry = retry
         self.sleep = sleep
+        self._reporting: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
+        await asyncio.gather(*self._reporting, return_exceptions=True)
         await self.provider.aclose()
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
@@ -170,6 +172,11 @@ class ProviderGateway:
             started = time.perf_counter()
             try:
                 response = await self.provider.call(request, model, progress)
+            except asyncio.CancelledError:
+                await asyncio.shield(
+                    self.breaker.release(permit)
+                )  # a cancelled probe frees its slot
+                raise
             except Exception as exc:
                 failure = classify(exc)
                 await self._report(permit, failure)
@@ -199,13 +206,20 @@ class ProviderGateway:
                 await self.sleep(delay)
                 attempt += 1
                 continue
-            await self.breaker.record_success(permit)
+            self._report_later(self.breaker.record_success(permit))
             elapsed = time.perf_counter() - started
             metrics.LLM_CALL_SECONDS.labels(PROVIDER, model).observe(elapsed)
             if response.ttft_ms is not None:
                 metrics.LLM_TTFT_SECONDS.labels(PROVIDER, model).observe(response.ttft_ms / 1000)
             metrics.LLM_CALLS.labels(PROVIDER, model, "ok").inc()
             return response
+
+    def _report_later(self, report: Coroutine[Any, Any, None]) -> None:
+        """A success is reported off the call's path: nobody waits on it (the breaker
+        bounds its own Redis time and falls back in process)."""
+        task = asyncio.create_task(report)
+        self._reporting.add(task)
+        task.add_done_callback(self._reporting.discard)
 
     async def _report(self, permit: Any, failure: Failure) -> None:
         if failure.health:
