@@ -72,7 +72,7 @@ class Receiver:
 @asynccontextmanager
 async def serving(app: Receiver, **tls: Any) -> AsyncIterator[Receiver]:
     """Run `app` with uvicorn on a free port of 127.0.0.1 (TLS when `tls` names the files)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     app.port = sock.getsockname()[1]

@@ -40,4 +40,9 @@ async def driver_connection(db: AsyncSession) -> asyncpg.Connection:
     connection = await db.connection()
     raw = await connection.get_raw_connection()
     driver: asyncpg.Connection = raw.driver_connection
+    if not driver.is_in_transaction():
+        # The SQLAlchemy adapter sends BEGIN lazily, with its first statement: without this,
+        # raw statements issued first would run in autocommit (locks released at once, no
+        # rollback with the request).
+        await connection.exec_driver_sql("SELECT 1")
     return driver

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anthropic
+import httpx2
 
 from app.llm.model import ModelRequest, ModelResponse, TokenUsage
 from app.settings import AnthropicSettings
@@ -65,7 +66,8 @@ def classify(exc: BaseException) -> Failure:
         if status in (408, 409, 429):
             return Failure(retryable=True, health=False, retry_after=retry_after, status=status)
         return Failure(retryable=False, health=False, status=status)
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | httpx2.TransportError):
+        # A connection cut in the middle of a stream reaches us as the transport's own error.
         return Failure(retryable=True, health=True)
     return Failure(retryable=False, health=False)
 
