@@ -53,6 +53,7 @@ def bench_agent(delay_ms: int = 0) -> dict[str, object]:
         "model": "offline",
         "tools": ["bench_lookup"],
         "limits": {"max_turns": 10, "deadline_seconds": 3600},
+        "policy": {"rules": [{"tool": "bench_lookup", "decision": "allow"}]},
         "offline": {"script": turns},
     }
 

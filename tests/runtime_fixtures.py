@@ -27,6 +27,7 @@ FAST_RUNTIME = RuntimeSettings(
 )
 
 PoolFactory = Callable[..., Awaitable[WorkerPool]]
+ALLOW_ALL = {"rules": [{"tool": ".*", "decision": "allow"}]}
 
 
 @pytest.fixture
@@ -70,6 +71,8 @@ class Api:
         self.headers = bearer(make_token(tenant, sub="tester", roles=("client", "admin")))
 
     async def create_agent(self, **definition: Any) -> dict[str, Any]:
+        # Policies deny by default; runtime tests that are not about policy allow every tool.
+        definition.setdefault("policy", ALLOW_ALL)
         response = await self.http.post("/v1/agents", json=definition, headers=self.headers)
         assert response.status_code == 201, response.text
         return dict(response.json())

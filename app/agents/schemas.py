@@ -9,6 +9,9 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.hitl.schemas import Gate
+from app.policy.rules import PolicySpec
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
@@ -81,8 +84,11 @@ class AgentDefinition(BaseModel):
     tools: list[str] = Field(default_factory=list, max_length=128)
     limits: Limits = Field(default_factory=Limits)
     output_schema: dict[str, Any] | None = None
-    policy: dict[str, Any] | None = Field(default=None, description="Rules (guardrails issue)")
-    gates: dict[str, Any] = Field(default_factory=dict, description="Human gates per tool")
+    policy: PolicySpec = Field(
+        default_factory=PolicySpec,
+        description="Ordered rules, limits, read-only mode; deny by default (API.md policy)",
+    )
+    gates: dict[str, Gate] = Field(default_factory=dict, description="Human gates per tool")
     untrusted_content: UntrustedContent = UntrustedContent.FLAG
     memory: dict[str, Any] = Field(default_factory=dict)
     variants: list[dict[str, Any]] = Field(default_factory=list)

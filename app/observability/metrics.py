@@ -60,3 +60,13 @@ LLM_TOKENS = Counter(
     ["model", "kind"],
 )
 LLM_COST_USD = Counter("agent_llm_cost_usd_total", "Model spend in USD by model", ["model"])
+POLICY_DECISIONS = Counter(
+    "agent_policy_decisions_total",
+    "Rulings on tool calls by tool and outcome (started|denied|awaiting_approval)",
+    ["tool", "outcome"],
+)
+INJECTION_FLAGS = Counter(
+    "agent_injection_flags_total",
+    "Tool outputs flagged by an injection pattern, by pattern",
+    ["pattern"],
+)

@@ -10,19 +10,27 @@ from app.db.base import Base, created_at_column
 
 
 class AuditEntry(Base):
-    """One audited action. Append-only (a database trigger refuses UPDATE and DELETE) and
-    hash-chained per tenant: `entry_hash` covers `prev_hash` and `payload_hash`, so the
-    payload itself (in `audit_payloads`) can be erased without breaking the chain."""
+    """One audited action. Append-only (a database trigger refuses UPDATE, DELETE and
+    TRUNCATE) and hash-chained: a chain is a tenant's entries of one session (or of no
+    session), numbered by `chain_seq`; `entry_hash` covers `prev_hash` and `payload_hash`,
+    so the payload itself (in `audit_payloads`) can be erased without breaking the chain.
+    Rows are written only by the `audit_append()` database function (app.observability.audit)."""
 
     __tablename__ = "audit_log"
     __table_args__ = (
         Index("ix_audit_log_tenant_id_audit_id", "tenant_id", "audit_id"),
-        Index("ix_audit_log_session_id", "session_id"),
-    )
+        # One row per chain position (no fork can be committed); the chain head lookup,
+        # the verification walk and the session filter all read this index.
+        Index(
+            "uq_audit_log_tenant_id_session_id_chain_seq", "tenant_id", "session_id", "chain_seq",
+            unique=True, postgresql_nulls_not_distinct=True,
+        ),
+    )  # fmt: skip
 
     audit_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(128), nullable=False)
     session_id: Mapped[str | None] = mapped_column(String(40))
+    chain_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
     actor: Mapped[str] = mapped_column(Text, nullable=False)
     action: Mapped[str] = mapped_column(String(64), nullable=False)
     payload_hash: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -32,7 +40,8 @@ class AuditEntry(Base):
 
 
 class AuditPayload(Base):
-    """The data an audit entry describes, kept beside the chain so it can be erased."""
+    """The data an audit entry describes, kept beside the chain so it can be erased (DELETE
+    is allowed; a trigger refuses UPDATE and TRUNCATE)."""
 
     __tablename__ = "audit_payloads"
 

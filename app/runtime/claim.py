@@ -11,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agents.schemas import AgentDefinition
@@ -34,6 +35,8 @@ class RunDeps:
     prices: PriceTable = field(default_factory=PriceTable)
     # A forwarder of one session's streamed text deltas to its followers (None: no Redis).
     deltas: Callable[[str], DeltaForwarder] | None = None
+    # Stateful policy limits (calls per window, amounts); None: limits fail closed.
+    redis: Redis | None = None
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Claimed:
     cancel_requested: bool
     # First claim of a session never run before: its log holds only `queued` and `running`.
     fresh: bool = False
+    created_by: str = ""  # the subject who started it (limits per subject; no self-approval)
 
     @classmethod
     def from_row(cls, row: Any) -> Claimed:
@@ -85,4 +89,5 @@ class Claimed:
             deadline_at=row["deadline_at"],
             cancel_requested=row["cancel_requested_at"] is not None,
             fresh=row["event_seq"] == 2 and row["turns"] == 0,
+            created_by=row["created_by"] or "",
         )

@@ -21,12 +21,20 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
+
+from app.hitl.service import arguments_hash, decided_for, request_approval
 from app.llm.budget import TenantBudgetExceeded, estimate_input_tokens
 from app.llm.gateway import ModelCallFailed
 from app.llm.model import ModelRequest, ModelResponse, ModelUnavailable, TokenUsage
+from app.observability import metrics
+from app.observability.audit import AuditAction, AuditRecord
 from app.observability.logging import session_id_var
+from app.policy.injection import InjectionFlag, scan
+from app.policy.limits import CallScope
 from app.runtime.claim import Claimed, Lease, RunDeps, SessionEnded
 from app.runtime.conversation import Conversation, rebuild, tool_result_block
+from app.runtime.guard import Guard, Ruling, Taint, model_tools
 from app.runtime.limits import limit_reached
 from app.runtime.loop_detection import Call, LoopDetector
 from app.runtime.output import check_final_answer
@@ -49,6 +57,11 @@ MAX_TOKENS_CEILING = 128_000
 MAX_MODEL_BACKOFFS = 5
 MODEL_BACKOFF_SECONDS = 5.0
 EVENT_PREVIEW_CHARS = 120
+AUDIT_PREVIEW_CHARS = 500
+
+
+class _DecidedAlready(Exception):
+    """Every approval request of the step was decided before the session could park."""
 
 
 @dataclass
@@ -63,6 +76,8 @@ class SessionRun:
     loop_warned: bool = False
     output_retries: int = 0
     model_backoffs: int = 0
+    guard: Guard | None = None
+    taint: Taint = field(default_factory=Taint)
     # Usage of responses not persisted themselves (cut-off retries), added to the next one.
     _pending_usage: tuple[int, int, Decimal] = (0, 0, Decimal(0))
 
@@ -81,7 +96,11 @@ class SessionRun:
         try:
             if self.claimed.cancel_requested:
                 self.cancel_event.set()
-            await self._run()
+            while True:
+                try:
+                    await self._run()
+                except _DecidedAlready:
+                    continue  # the reviewers were quicker than the park: settle from the top
         except SessionEnded:
             pass
         except LeaseLost:
@@ -105,6 +124,7 @@ class SessionRun:
 
     async def _run(self) -> None:
         definition = self.claimed.definition
+        self.detector, self.taint = LoopDetector(), Taint()
         async with self.deps.session_factory() as db:
             self.tools = await self.deps.tools.for_tenant(
                 db, self.claimed.tenant_id, definition.tools
@@ -114,8 +134,16 @@ class SessionRun:
         if not self.claimed.fresh:  # a fresh session has no history: skip the queries
             events, ledger = await self.deps.store.history(self.claimed.session_id)
         conversation = rebuild(self.claimed.input, events, ledger, self.tools)
+        self.guard = Guard(
+            definition,
+            self.tools,
+            self.deps.redis,
+            CallScope(self.claimed.tenant_id, self.claimed.session_id, self.claimed.created_by),
+        )
         for record in conversation.calls_in_order:
             self.detector.add(Call.of(record.tool, record.arguments, record.status != "succeeded"))
+            if record.status == "succeeded":
+                self._taint_with(record)
         self.loop_warned = any(
             data.get("kind") == "loop_warning" for kind, data in events if kind == "platform.note"
         )
@@ -196,7 +224,7 @@ class SessionRun:
             model=definition.model,
             system=f"{definition.system_prompt}\n\n{UNTRUSTED_PREAMBLE}",
             messages=conversation.messages,
-            tools=[spec.model_view() for spec in self.tools.values()],
+            tools=model_tools(self.tools, definition.gates),
             max_tokens=max_tokens,
             session_input=self.claimed.input,
             assistant_turns=conversation.assistant_turns,
@@ -254,29 +282,50 @@ class SessionRun:
             await self._persist_response(response, [], conversation)
             return
         if stop == "tool_use" and response.tool_uses:
-            calls = plan_calls(response, self.tools, self.claimed.definition.tools)
-            await self._persist_response(response, calls, conversation)
+            definition = self.claimed.definition
+            confidence_gated = frozenset(
+                name for name, gate in definition.gates.items() if gate.type == "confidence"
+            )
+            calls = plan_calls(response, self.tools, definition.tools, confidence_gated)
+            gated, audits = await self._rule(calls)
+            await self._persist_response(response, calls, conversation, audits, gated)
             await self._run_calls(calls, conversation)
+            if gated:
+                await self._park_for_approval()
             await self._after_tools(conversation)
             return
         await self._finish_with(response, conversation, persisted=False)
 
     async def _persist_response(
-        self, response: ModelResponse, calls: list[PlannedCall], conversation: Conversation
+        self,
+        response: ModelResponse,
+        calls: list[PlannedCall],
+        conversation: Conversation,
+        audits: list[AuditRecord] | None = None,
+        gated: list[tuple[PlannedCall, Ruling]] | None = None,
     ) -> None:
+        """The model response, its tool calls, the policy decisions on them and any
+        approval requests: one transaction."""
         pending_in, pending_out, pending_cost = self._take_pending_usage()
         usage = response.usage
         call_cost = self._cost(response)
         cost = call_cost + pending_cost
-        self.claimed.turns = await self.deps.store.record_model_response(
-            self.claimed.session_id,
-            self.lease.epoch,
-            self._response_json(response, call_cost),
-            calls,
-            input_tokens=_input_tokens(usage) + pending_in,
-            output_tokens=usage.output_tokens + pending_out,
-            cost_usd=cost,
-        )
+        audits = [self._model_call_audit(response, call_cost), *(audits or [])]
+        async with self.deps.store.pool.acquire() as connection, connection.transaction():
+            self.claimed.turns = await self.deps.store.record_model_response(
+                self.claimed.session_id,
+                self.lease.epoch,
+                self._response_json(response, call_cost),
+                calls,
+                input_tokens=_input_tokens(usage) + pending_in,
+                output_tokens=usage.output_tokens + pending_out,
+                cost_usd=cost,
+                connection=connection,
+                audits=audits,
+            )
+            for call, ruling in gated or []:
+                await self._request_approval(connection, call, ruling, response, conversation)
+        self.deps.store.announce(self.claimed.session_id)
         self.claimed.input_tokens += _input_tokens(usage) + pending_in
         self.claimed.output_tokens += usage.output_tokens + pending_out
         self.claimed.cost_usd += cost
@@ -294,15 +343,19 @@ class SessionRun:
             )
             for c in calls
         ]
-        settled = [r for r in records if r.status != "started"]
+        settled = [r for r in records if r.status not in ("started", "awaiting_approval")]
         for record in settled:
             self.detector.add(Call.of(record.tool, record.arguments, True))
         results = await asyncio.gather(
             *(self._run_one(r) for r in records if r.status == "started")
         )
         by_id = {r.tool_use_id: r for r in [*settled, *results]}
+        # Calls parked for a reviewer get their results when they settle (after the claim
+        # that follows the decision); the others' results are in the ledger already.
         conversation.messages[-1]["content"] = [
-            tool_result_block(by_id[c.tool_use_id], self.tools) for c in calls
+            tool_result_block(by_id[c.tool_use_id], self.tools)
+            for c in calls
+            if c.tool_use_id in by_id
         ]
 
     async def _run_one(self, record: ToolCallRecord) -> ToolCallRecord:
@@ -319,9 +372,15 @@ class SessionRun:
         outcome = await executor.execute(spec, record.arguments, context)
         self.deps.crash_points.reached("after_tool_effect", record.tool)
         settled = ToolCallRecord(
-            record.tool_use_id, record.tool, record.arguments, outcome.status,
-            outcome.result, outcome.error, outcome.attempts, record.idempotent,
-        )  # fmt: skip
+            record.tool_use_id,
+            record.tool,
+            record.arguments,
+            outcome.status,
+            outcome.result,
+            outcome.error,
+            outcome.attempts,
+            record.idempotent,
+        )
         await self._record_result(settled, outcome.duration_ms)
         self.deps.crash_points.reached("after_tool_record", record.tool)
         self.detector.add(Call.of(record.tool, record.arguments, outcome.is_error))
@@ -331,6 +390,40 @@ class SessionRun:
         # The event carries a short preview; the whole result is in the tool-call ledger.
         shown = record.error if record.result is None else record.result
         preview = shown if isinstance(shown, str) else json.dumps(shown, default=str)
+        event: dict[str, Any] = {
+            "tool_use_id": record.tool_use_id,
+            "tool": record.tool,
+            "status": record.status,
+            "preview": (preview or "")[:EVENT_PREVIEW_CHARS],
+            "duration_ms": round(duration_ms, 2),
+        }
+        audits = [
+            self._audit(
+                AuditAction.TOOL_CALL,
+                {
+                    "tool_use_id": record.tool_use_id,
+                    "tool": record.tool,
+                    "arguments": record.arguments,
+                    "status": record.status,
+                    "attempts": record.attempts,
+                    "duration_ms": round(duration_ms, 2),
+                    "output_preview": (preview or "")[:AUDIT_PREVIEW_CHARS],
+                },
+            )
+        ]
+        flags = self._taint_with(record)
+        if flags:
+            event["injection_flags"] = [flag.pattern for flag in flags]
+            audits.append(
+                self._audit(
+                    AuditAction.INJECTION_FLAGGED,
+                    {
+                        "tool_use_id": record.tool_use_id,
+                        "tool": record.tool,
+                        "flags": [{"pattern": f.pattern, "excerpt": f.excerpt} for f in flags],
+                    },
+                )
+            )
         await self.deps.store.record_tool_result(
             self.claimed.session_id,
             self.lease.epoch,
@@ -339,13 +432,8 @@ class SessionRun:
             result=record.result,
             error=record.error,
             attempts=record.attempts,
-            event={
-                "tool_use_id": record.tool_use_id,
-                "tool": record.tool,
-                "status": record.status,
-                "preview": (preview or "")[:EVENT_PREVIEW_CHARS],
-                "duration_ms": round(duration_ms, 2),
-            },
+            event=event,
+            audits=audits,
         )
 
     async def _settle_interrupted(self, conversation: Conversation) -> None:
@@ -353,7 +441,17 @@ class SessionRun:
         the others as `unknown` — never a silent second side effect."""
         settled: list[ToolCallRecord] = []
         to_rerun: list[ToolCallRecord] = []
+        awaiting = [r for r in conversation.unsettled if r.status == "awaiting_approval"]
+        still_pending = False
+        if awaiting:
+            approved, refused, still_pending = await self._approval_outcomes(awaiting)
+            to_rerun += approved
+            for record in refused:
+                await self._record_result(record, 0.0)
+                settled.append(record)
         for record in conversation.unsettled:
+            if record.status == "awaiting_approval":
+                continue
             if record.idempotent and record.tool in self.tools:
                 to_rerun.append(record)
                 continue
@@ -362,9 +460,15 @@ class SessionRun:
                 "may not have taken effect, so it was not run again. Check before acting again."
             )
             unknown = ToolCallRecord(
-                record.tool_use_id, record.tool, record.arguments, "unknown", None, message,
-                record.attempts, record.idempotent,
-            )  # fmt: skip
+                record.tool_use_id,
+                record.tool,
+                record.arguments,
+                "unknown",
+                None,
+                message,
+                record.attempts,
+                record.idempotent,
+            )
             await self._record_result(unknown, 0.0)
             settled.append(unknown)
         settled += await asyncio.gather(*(self._run_one(record) for record in to_rerun))
@@ -377,7 +481,199 @@ class SessionRun:
         }
         answered.sort(key=lambda block: order.get(block.get("tool_use_id"), len(order)))
         conversation.unsettled = []
+        if still_pending:
+            await self._park_for_approval()
         await self._after_tools(conversation)
+
+    # -- guardrails -----------------------------------------------------------------------
+
+    async def _rule(
+        self, calls: list[PlannedCall]
+    ) -> tuple[list[tuple[PlannedCall, Ruling]], list[AuditRecord]]:
+        """Policy, gates and limits on each call about to run: it stays `started`, becomes
+        `denied` (the model gets the reason), or `awaiting_approval` (a reviewer decides)."""
+        assert self.guard is not None
+        gated: list[tuple[PlannedCall, Ruling]] = []
+        audits: list[AuditRecord] = []
+        for call in calls:
+            if call.status != "started":
+                continue
+            ruling = await self.guard.rule(call.tool, call.arguments, call.confidence, self.taint)
+            audits.append(
+                self._audit(
+                    AuditAction.POLICY_DECISION,
+                    {
+                        "tool_use_id": call.tool_use_id,
+                        "arguments": call.arguments,
+                        **ruling.audit(),
+                    },
+                )
+            )
+            metrics.POLICY_DECISIONS.labels(call.tool, ruling.status).inc()
+            call.status = ruling.status
+            if ruling.status == "denied":
+                call.error = ruling.reason
+            elif ruling.status == "awaiting_approval":
+                gated.append((call, ruling))
+        return gated, audits
+
+    async def _request_approval(
+        self,
+        connection: asyncpg.Connection,
+        call: PlannedCall,
+        ruling: Ruling,
+        response: ModelResponse,
+        conversation: Conversation,
+    ) -> None:
+        assert ruling.gate is not None
+        gate = ruling.gate.settings
+        context = [
+            block.get("content")
+            for message in conversation.messages[-3:]
+            if message["role"] == "user"
+            for block in message.get("content", [])
+            if isinstance(block, dict) and block.get("type") == "tool_result"
+        ]
+        await request_approval(
+            connection,
+            tenant_id=self.claimed.tenant_id,
+            session_id=self.claimed.session_id,
+            subject=None,
+            tool_use_id=call.tool_use_id,
+            tool=call.tool,
+            arguments=call.arguments,
+            gate=ruling.gate.gate,
+            reason=ruling.gate.reason,
+            agent_reasoning=response.text or None,
+            context={"tool_results": context[-5:]},
+            timeout_seconds=gate.timeout_seconds,
+            on_timeout=gate.on_timeout,
+            reviewers_required=gate.reviewers_required,
+        )
+
+    async def _park_for_approval(self) -> None:
+        """Hand the worker back while a reviewer decides (no lease, no slot held) — unless
+        every request was decided already (a fast reviewer): then go on at once."""
+        async with self.deps.store.pool.acquire() as connection, connection.transaction():
+            locked = await connection.fetchval(
+                "SELECT lease_epoch FROM sessions WHERE session_id = $1 FOR UPDATE",
+                self.claimed.session_id,
+            )
+            if locked != self.lease.epoch:
+                raise LeaseLost(self.claimed.session_id)
+            pending = await connection.fetchval(
+                "SELECT count(*) FROM approvals WHERE session_id = $1 AND status = 'pending'",
+                self.claimed.session_id,
+            )
+            if not pending:
+                raise _DecidedAlready
+            changed = await transitions.change(
+                connection,
+                self.claimed.session_id,
+                SessionStatus.AWAITING_APPROVAL,
+                epoch=self.lease.epoch,
+                from_statuses=["running"],
+            )
+            if changed is None:
+                raise LeaseLost(self.claimed.session_id)
+        self.deps.store.announce(self.claimed.session_id)
+        raise SessionEnded
+
+    async def _approval_outcomes(
+        self, awaiting: list[ToolCallRecord]
+    ) -> tuple[list[ToolCallRecord], list[ToolCallRecord], bool]:
+        """The parked calls' decisions: (approved — now `started` with the approved
+        arguments, to run once; refused — settled `denied` with the reviewer's word; whether
+        any is still pending)."""
+        assert self.guard is not None
+        async with self.deps.store.pool.acquire() as connection:
+            decided = await decided_for(connection, self.claimed.session_id)
+        approved: list[ToolCallRecord] = []
+        refused: list[ToolCallRecord] = []
+        pending = False
+        for record in awaiting:
+            outcome = decided.get(record.tool_use_id)
+            if outcome is None:
+                pending = True
+                continue
+            arguments = outcome.arguments if outcome.arguments is not None else record.arguments
+            reason: str | None
+            if not outcome.approved:
+                who = outcome.decided_by or "nobody (the request expired)"
+                reason = f"A reviewer did not approve {record.tool} ({outcome.status} by {who})"
+                reason += f": {outcome.comment}" if outcome.comment else "."
+            elif outcome.arguments_hash != arguments_hash(arguments):
+                reason = "the approved arguments do not match their hash; not run"
+            else:
+                ruling = await self.guard.rule_approved(record.tool, arguments)
+                reason = ruling.reason if ruling.status == "denied" else None
+            if reason is not None:
+                refused.append(
+                    ToolCallRecord(
+                        record.tool_use_id,
+                        record.tool,
+                        arguments,
+                        "denied",
+                        None,
+                        reason,
+                        record.attempts,
+                        record.idempotent,
+                    )
+                )
+                continue
+            self.deps.crash_points.reached("before_approved_tool", record.tool)
+            await self.deps.store.start_approved_call(
+                self.claimed.session_id, self.lease.epoch, record.tool_use_id, arguments
+            )
+            approved.append(
+                ToolCallRecord(
+                    record.tool_use_id,
+                    record.tool,
+                    arguments,
+                    "started",
+                    None,
+                    None,
+                    record.attempts,
+                    record.idempotent,
+                )
+            )
+        return approved, refused, pending
+
+    def _taint_with(self, record: ToolCallRecord) -> list[InjectionFlag]:
+        """Note untrusted output entering the context; its injection flags, if any."""
+        spec = self.tools.get(record.tool)
+        if record.status != "succeeded" or (spec is not None and spec.trusted):
+            return []
+        self.taint.untrusted = True
+        text = record.result if isinstance(record.result, str) else json.dumps(record.result)
+        flags = scan(text or "")
+        if flags:
+            self.taint.flagged = True
+            for flag in flags:
+                metrics.INJECTION_FLAGS.labels(flag.pattern).inc()
+        return flags
+
+    def _audit(self, action: AuditAction, payload: dict[str, Any]) -> AuditRecord:
+        return AuditRecord(
+            self.claimed.tenant_id,
+            self.claimed.session_id,
+            f"agent:{self.claimed.definition.name}",
+            action,
+            payload,
+        )
+
+    def _model_call_audit(self, response: ModelResponse, cost: Decimal) -> AuditRecord:
+        return self._audit(
+            AuditAction.MODEL_CALL,
+            {
+                "model": response.model or self.claimed.definition.model,
+                "stop_reason": response.stop_reason,
+                "usage": response.usage.to_json(),
+                "cost_usd": str(cost),
+                "cached": response.cached,
+                "tool_calls": [block.get("name") for block in response.tool_uses],
+            },
+        )
 
     async def _after_tools(self, conversation: Conversation) -> None:
         loop = self.detector.detect()

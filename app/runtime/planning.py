@@ -6,19 +6,27 @@ from __future__ import annotations
 
 from app.db.ids import new_id
 from app.llm.model import ModelResponse
+from app.runtime.guard import CONFIDENCE_ARGUMENT, take_confidence
 from app.runtime.store import PlannedCall
 from app.tools import executor
 from app.tools.spec import ToolInputError, ToolSpec
 
 
 def plan_calls(
-    response: ModelResponse, tools: dict[str, ToolSpec], allowed: list[str]
+    response: ModelResponse,
+    tools: dict[str, ToolSpec],
+    allowed: list[str],
+    confidence_gated: frozenset[str] = frozenset(),
 ) -> list[PlannedCall]:
     planned = []
     for block in response.tool_uses:
         name, arguments = block["name"], block.get("input", {})
         spec = tools.get(name)
-        status, error = "started", None
+        status, error, confidence = "started", None, None
+        if name in confidence_gated and isinstance(arguments, dict):
+            arguments, confidence = take_confidence(arguments)
+            if confidence is None and CONFIDENCE_ARGUMENT not in block.get("input", {}):
+                confidence = response.confidence  # an offline script's turn-level statement
         if name not in allowed or spec is None:
             status, error = "denied", f"tool `{name}` is not available to this agent"
         else:
@@ -35,6 +43,7 @@ def plan_calls(
                 status=status,
                 idempotent=spec.idempotent if spec else False,
                 error=error,
+                confidence=confidence,
             )
         )
     return planned

@@ -12,13 +12,15 @@ Status changes go through `app.sessions.transitions`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
+
+from app.observability import audit
 
 
 class LeaseLost(Exception):
@@ -62,7 +64,8 @@ WITH s AS (
     INSERT INTO tool_calls (tool_call_row_id, session_id, tool_use_id, turn, tool, arguments,
                             status, attempts, idempotent, error, finished_at)
     SELECT x.row_id, $1, x.tool_use_id, s.turns, x.tool, x.arguments, x.status, 0,
-           x.idempotent, x.error, CASE WHEN x.status = 'started' THEN NULL ELSE now() END
+           x.idempotent, x.error,
+           CASE WHEN x.status IN ('started', 'awaiting_approval') THEN NULL ELSE now() END
     FROM s, jsonb_to_recordset($7::jsonb) AS x(row_id text, tool_use_id text, tool text,
          arguments jsonb, status text, idempotent boolean, error text)
 )
@@ -83,6 +86,16 @@ WITH s AS (
     SELECT $1, s.event_seq, 'tool.result', $8::jsonb FROM s
 )
 SELECT event_seq FROM s
+"""
+
+# A reviewer approved a parked call: it is `started` now, with the approved arguments
+# (fenced; only from awaiting_approval, so it can start once).
+_START_APPROVED = """
+UPDATE tool_calls c SET status = 'started', arguments = $4::jsonb
+FROM sessions s
+WHERE c.session_id = $1 AND c.tool_use_id = $3 AND c.status = 'awaiting_approval'
+  AND s.session_id = $1 AND s.lease_epoch = $2 AND s.status = 'running'
+RETURNING c.tool_use_id
 """
 
 _RECORD_NOTE = """
@@ -135,7 +148,7 @@ class ToolCallRecord:
     idempotent: bool
 
 
-@dataclass(frozen=True)
+@dataclass
 class PlannedCall:
     """A tool call as recorded with its model response: `started` (about to run) or already
     settled without running (`failed` invalid input, `denied` tool not allowed)."""
@@ -147,6 +160,7 @@ class PlannedCall:
     status: str
     idempotent: bool
     error: str | None = None
+    confidence: float | None = None  # the agent's stated confidence (confidence gates)
 
     def as_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -177,6 +191,7 @@ class RuntimeStore:
         output_tokens: int,
         cost_usd: Decimal,
         connection: asyncpg.Connection | None = None,
+        audits: Sequence[audit.AuditRecord] = (),
     ) -> int:
         """Persist a model response and its tool calls; returns the session's turn count."""
         args = (
@@ -185,6 +200,13 @@ class RuntimeStore:
         )  # fmt: skip
         if connection is not None:
             row = await connection.fetchrow(_RECORD_RESPONSE, *args)
+            if row is not None:
+                await audit.append(connection, audits)
+        elif audits:
+            async with self.pool.acquire() as own, own.transaction():
+                row = await own.fetchrow(_RECORD_RESPONSE, *args)
+                if row is not None:
+                    await audit.append(own, audits)
         else:
             row = await self.pool.fetchrow(_RECORD_RESPONSE, *args)
         if row is None:
@@ -192,6 +214,15 @@ class RuntimeStore:
         if connection is None:
             self.announce(session_id)
         return int(row["turns"])
+
+    async def start_approved_call(
+        self, session_id: str, epoch: int, tool_use_id: str, arguments: dict[str, Any]
+    ) -> None:
+        row = await self.pool.fetchrow(
+            _START_APPROVED, session_id, epoch, tool_use_id, _dumps(arguments)
+        )
+        if row is None:
+            raise LeaseLost(session_id)
 
     async def record_tool_result(
         self,
@@ -204,12 +235,19 @@ class RuntimeStore:
         error: str | None,
         attempts: int,
         event: dict[str, Any],
+        audits: Sequence[audit.AuditRecord] = (),
     ) -> None:
-        row = await self.pool.fetchrow(
-            _RECORD_TOOL_RESULT,
+        args = (
             session_id, epoch, tool_use_id, status,
             None if result is None else _dumps(result), error, attempts, _dumps(event),
         )  # fmt: skip
+        if audits:
+            async with self.pool.acquire() as connection, connection.transaction():
+                row = await connection.fetchrow(_RECORD_TOOL_RESULT, *args)
+                if row is not None:
+                    await audit.append(connection, audits)
+        else:
+            row = await self.pool.fetchrow(_RECORD_TOOL_RESULT, *args)
         if row is None:
             raise LeaseLost(session_id)
         self.announce(session_id)

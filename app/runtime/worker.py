@@ -22,11 +22,14 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import asyncpg
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.hitl.expiry import expire_due, next_expiry_at
+from app.hitl.service import APPROVALS_CHANNEL
 from app.llm.pricing import PriceTable
 from app.llm.providers import ModelResolver
 from app.runtime.claim import Claimed, Lease, RunDeps
@@ -42,6 +45,8 @@ from app.webhooks.dispatcher import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
 CANCEL_CHANNEL = "agent_cancel"
+# Expiry of approval requests is applied within this long of their deadline, at worst.
+APPROVAL_EXPIRY_MAX_SLEEP = 5.0
 
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
@@ -80,6 +85,7 @@ class WorkerPool:
         self.worker_id = worker_id or default_worker_id()
         self.runs: dict[str, tuple[SessionRun, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
+        self._approval_requested = asyncio.Event()
         self._stopping = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
         # Claims, heartbeats and the reaper get connections of their own: behind a thousand
@@ -118,11 +124,13 @@ class WorkerPool:
             crash_points=CrashPoints(self.settings),
             prices=self.prices,
             deltas=None if self._redis is None else self._delta_forwarder,
+            redis=self._redis,
         )
         background = [
             asyncio.create_task(self._listen(), name="worker-listen"),
             asyncio.create_task(self._heartbeat(store), name="worker-heartbeat"),
             asyncio.create_task(self._reap(), name="worker-reaper"),
+            asyncio.create_task(self._expire_approvals(), name="worker-approval-expiry"),
         ]
         if self.webhooks is not None:
             background.append(
@@ -255,6 +263,7 @@ class WorkerPool:
                 self._listener.add_termination_listener(_setter(closed))
                 await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 await self._listener.add_listener(CANCEL_CHANNEL, self._on_notify)
+                await self._listener.add_listener(APPROVALS_CHANNEL, self._on_approval_request)
                 self._wake.set()  # we may have missed wake-ups while disconnected
                 await closed.wait()
             except asyncio.CancelledError:
@@ -294,6 +303,32 @@ class WorkerPool:
                 run.lease.expires_at = sent_at + self.settings.lease_ttl_seconds
                 if held[session_id]:
                     run.request_cancel()
+
+    def _on_approval_request(self, *_args: object) -> None:
+        self._approval_requested.set()
+
+    async def _expire_approvals(self) -> None:
+        """Apply the gate's timeout policy to approval requests past their deadline, close
+        to the deadline: sleep until the soonest one (at most APPROVAL_EXPIRY_MAX_SLEEP; a
+        new request wakes us early). Every worker does it; the update is conditional."""
+        assert self._control_pool is not None
+        while True:
+            sleep = APPROVAL_EXPIRY_MAX_SLEEP
+            try:
+                async with self._control_pool.acquire() as connection:
+                    requeued = await expire_due(connection)
+                    soonest = await next_expiry_at(connection)
+                if requeued:
+                    logger.info("approval requests expired; re-queued %d sessions", len(requeued))
+                    self._wake.set()
+                if soonest is not None:
+                    until = (soonest - datetime.now(UTC)).total_seconds()
+                    sleep = min(max(until, 0.1), APPROVAL_EXPIRY_MAX_SLEEP)
+            except Exception as exc:
+                logger.warning("approval expiry failed: %r", exc)
+            self._approval_requested.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._approval_requested.wait(), sleep)
 
     async def _reap(self) -> None:
         assert self._control_pool is not None

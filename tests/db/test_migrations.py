@@ -75,8 +75,8 @@ async def test_audit_log_refuses_update_and_delete(database_url: str) -> None:
         async with engine.begin() as connection:
             await connection.execute(
                 text(
-                    "INSERT INTO audit_log (tenant_id, actor, action, payload_hash, prev_hash, entry_hash)"
-                    " VALUES ('t-audit', 'test', 'probe', 'p', 'x', 'e')"
+                    "INSERT INTO audit_log (tenant_id, actor, action, payload_hash, prev_hash,"
+                    " entry_hash, chain_seq) VALUES ('t-audit', 'test', 'probe', 'p', 'x', 'e', 1)"
                 )
             )
         for statement in (
