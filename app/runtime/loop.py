@@ -496,7 +496,18 @@ class SessionRun:
         gated: list[tuple[PlannedCall, Ruling]] = []
         audits: list[AuditRecord] = []
         for call in calls:
-            if call.status != "started":
+            if call.status != "started":  # not the agent's tool, or invalid input
+                audits.append(
+                    self._audit(
+                        AuditAction.POLICY_DECISION,
+                        {
+                            "tool_use_id": call.tool_use_id,
+                            "tool": call.tool,
+                            "status": call.status,
+                            "reason": call.error,
+                        },
+                    )
+                )
                 continue
             ruling = await self.guard.rule(call.tool, call.arguments, call.confidence, self.taint)
             audits.append(

@@ -18,6 +18,7 @@ from app.api.auth import Principal
 from app.db.engine import driver_connection
 from app.db.ids import new_id
 from app.errors import ValidationFailed
+from app.observability import audit
 from app.sessions import repository, transitions
 from app.sessions.errors import SessionBusy, SessionFinished, SessionNotFound
 from app.sessions.models import Session
@@ -262,10 +263,12 @@ async def cancel_for_disabled_agent(db: AsyncSession, tenant_id: str, agent_name
     return len(sessions)
 
 
-async def erase(scope: TenantScope, session_id: str) -> None:
+async def erase(scope: TenantScope, session_id: str, *, actor: str) -> None:
     """Erase a finished session with everything stored about it: its events, tool-call
     ledger, approvals, memories and webhook deliveries (all by foreign-key cascade, in one
-    statement). A session that runs, is queued or waits on a reviewer or input → 409."""
+    statement), and the payloads of its audit entries (the hash chain stays verifiable;
+    a `session.erased` entry records who erased it). A session that runs, is queued or waits
+    on a reviewer or input → 409."""
     session = await repository.get(scope, session_id)
     status = SessionStatus(session.status)
     if not status.is_terminal:
@@ -275,6 +278,9 @@ async def erase(scope: TenantScope, session_id: str) -> None:
     erased = await repository.delete_finished(scope, session_id)
     if not erased:  # it was continued or changed meanwhile
         raise SessionBusy(f"session {session_id} changed while being erased; try again")
+    await audit.erase_session_payloads(
+        scope.db, tenant_id=scope.tenant_id, session_id=session_id, actor=actor
+    )
 
 
 CONTINUABLE = ("completed", "failed", "awaiting_input")

@@ -78,7 +78,31 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
+class EscalateInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000, description="Why a human should decide")
+
+
+async def escalate_to_human(arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
+    """Runs only once a reviewer approved the escalation (the `escalation` gate always fires
+    for it): the agent may go on. A rejection reaches the model as an error with the
+    reviewer's comment instead."""
+    return {"escalated": True, "reviewer": "approved: go on", "reason": arguments["reason"]}
+
+
 BUILTIN_TOOLS: tuple[ToolSpec, ...] = (
+    ToolSpec(
+        name="escalate_to_human",
+        description="Hand the decision to a human reviewer when the task is beyond you or out "
+        "of scope. The session waits for the reviewer; their answer comes back as the result.",
+        input_schema=_schema(EscalateInput),
+        input_model=EscalateInput,
+        executor=escalate_to_human,
+        idempotent=True,
+        side_effect=SideEffect.READ,
+        trusted=True,
+        timeout_seconds=5,
+    ),
     ToolSpec(
         name="lookup_order",
         description="Look up a customer order by id: customer, item, amount and status.",

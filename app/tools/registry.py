@@ -7,11 +7,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.tools.builtins import BUILTIN_TOOLS
 from app.tools.models import ToolDefinition
+from app.tools.sandbox import sandbox_tools
 from app.tools.spec import ToolSpec
 
 
 class ToolRegistry:
-    def __init__(self, builtins: tuple[ToolSpec, ...] = BUILTIN_TOOLS) -> None:
+    def __init__(self, builtins: tuple[ToolSpec, ...] | None = None) -> None:
+        if builtins is None:
+            # run_python only where its OS sandbox works (else its reason is logged once).
+            builtins = BUILTIN_TOOLS + tuple(sandbox_tools())
         self._builtins = {spec.name: spec for spec in builtins}
 
     @property

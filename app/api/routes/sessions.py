@@ -140,7 +140,7 @@ async def continue_session(
     responses={409: {"description": "The session is still running or waiting"}},
 )
 async def erase_session(session_id: str, principal: AdminPrincipal, scope: Scope) -> Response:
-    await sessions_service.erase(scope, session_id)
+    await sessions_service.erase(scope, session_id, actor=f"user:{principal.sub}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
