@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from app.policy.decision import ConstraintCheck, ConstraintFailure, PolicyDecision
-from app.policy.rules import Constraint, Decision, PolicySpec, Scalar
+from app.policy.rules import CompiledConstraint, Decision, PolicySpec, Scalar
 from app.tools.spec import SideEffect
 
 _SHOWN_CHARS = 60
@@ -44,18 +44,17 @@ def evaluate(
             read_only=True,
         )
     failures: list[ConstraintFailure] = []
-    for index, rule in policy.ordered_rules():
-        if not rule.applies_to(tool_name):
-            continue
-        failure = _first_failure(index, rule.when, arguments)
+    for compiled in policy.compiled.rules_for(tool_name):
+        failure = _first_failure(compiled.index, compiled.when, arguments)
         if failure is not None:
             failures.append(failure)
             continue
+        rule = compiled.rule
         return PolicyDecision(
             rule.decision,
             tool_name,
-            rule.reason or f"rule {index} (`{rule.tool}`, priority {rule.priority})",
-            rule_index=index,
+            rule.reason or f"rule {compiled.index} (`{rule.tool}`, priority {rule.priority})",
+            rule_index=compiled.index,
             rule_priority=rule.priority,
             failures=tuple(failures),
         )
@@ -69,20 +68,22 @@ def evaluate(
 
 
 def _first_failure(
-    rule_index: int, when: Mapping[str, Constraint], arguments: Mapping[str, Any]
+    rule_index: int, when: tuple[CompiledConstraint, ...], arguments: Mapping[str, Any]
 ) -> ConstraintFailure | None:
-    for argument, constraint in when.items():
-        value = arguments.get(argument, _ABSENT)
+    for constraint in when:
+        value = arguments.get(constraint.argument, _ABSENT)
         if value is _ABSENT:
-            return ConstraintFailure(rule_index, argument, "absent", "argument absent")
+            return ConstraintFailure(rule_index, constraint.argument, "absent", "argument absent")
         failed = check_constraint(constraint, value)
         if failed is not None:
             check, detail = failed
-            return ConstraintFailure(rule_index, argument, check, detail)
+            return ConstraintFailure(rule_index, constraint.argument, check, detail)
     return None
 
 
-def check_constraint(constraint: Constraint, value: Any) -> tuple[ConstraintCheck, str] | None:
+def check_constraint(
+    constraint: CompiledConstraint, value: Any
+) -> tuple[ConstraintCheck, str] | None:
     """(the first check `value` fails, why), or None when every key of `constraint` holds."""
     if constraint.min is not None or constraint.max is not None:
         number = finite_number(value)
@@ -93,8 +94,7 @@ def check_constraint(constraint: Constraint, value: Any) -> tuple[ConstraintChec
             return "min", f"{_show(value)} < min {constraint.min}"
         if constraint.max is not None and number > constraint.max:
             return "max", f"{_show(value)} > max {constraint.max}"
-    regex = constraint.regex
-    if regex is not None and not _full_match(regex, value):
+    if constraint.regex is not None and not _full_match(constraint.regex, value):
         return "pattern", f"{_show(value)} does not match {constraint.pattern!r} in full"
     if constraint.equals is not None and not same_value(value, constraint.equals):
         return "equals", f"{_show(value)} is not {constraint.equals!r}"

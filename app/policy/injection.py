@@ -2,7 +2,8 @@
 the neutralising of delimiter-escape attempts before such data is wrapped.
 
 `scan` is a tripwire, not a guarantee: it flags the well-known phrasings (case-insensitive,
-after Unicode compatibility folding, precompiled) so they are audited and, per the agent's
+after Unicode compatibility folding, precompiled, each pattern run only when one of its
+keywords occurs) so they are audited and, per the agent's
 `untrusted_content` setting, gate later write calls; paraphrases get through. The
 structural defence is `wrap_untrusted`: data can never close its `<untrusted-data>` wrapper.
 """
@@ -102,7 +103,7 @@ _PATTERNS: dict[str, str] = {
     "delimiter_escape": (
         r"(?:<|\uff1c|\ufe64|\\u003c|&lt;)\s*/?\s*untrusted[\s_-]*data"
         r"|<\s*/?\s*(?:system|instructions?|tool_output|assistant|human)\s*>"
-        r"|<\|(?:im_start|im_end|system|endoftext|user|assistant)\|>|\[/?INST\]|<<\s*/?SYS\s*>>"
+        r"|<\|(?:im_start|im_end|system|endoftext|user|assistant)\|>|\[/?inst\]|<<\s*/?sys\s*>>"
         r"|\b(?:end|close)\s+of\s+(?:the\s+)?(?:untrusted\s+)?(?:data|tool\s+output|document"
         r"|context|input)\b\s*[\]\-=#>*]{2,}"
     ),
@@ -120,9 +121,34 @@ _PATTERNS: dict[str, str] = {
     ),
 }
 
-_COMPILED = {
-    name: re.compile(pattern, re.IGNORECASE | re.MULTILINE) for name, pattern in _PATTERNS.items()
-}
+# Every match of a pattern contains (lowercased) one of its keywords: a pattern whose
+# keywords are all absent is not run. Substring search is far cheaper than the regexes.
+_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "ignore_instructions": ("ignore", "disregard", "forget", "skip", "bypass", "override", "drop"),
+    "forget_everything": ("forget", "disregard", "ignore"),
+    "new_instructions": ("instruction",),
+    "role_reassignment": ("you", "pretend", "act", "roleplay"),
+    "jailbreak_mode": ("mode", "anything", "jailbr"),
+    "system_prompt": (
+        "prompt", "message", "instruction", "key", "credential", "password", "token", "rules",
+        "guideline", "override",
+    ),
+    "addressed_to_model": ("ai", "assistant", "model", "llm", "bot"),
+    "priority_claim": ("instruction", "supersede", "override"),
+    "exfiltration": ("http", "www.", "ftp:", "@", "exfiltrat"),
+    "tool_call_text": ("<", "tool", "function", "immediately", "now"),
+    "delimiter_escape": ("<", "&lt;", "\\u003c", "inst]", "end", "close"),
+    "role_marker": ("human", "assistant", "system", "ai", "user", "##"),
+    "decode_and_follow": ("decode", "rot13", "deobfuscate"),
+}  # fmt: skip
+# Patterns are written in lower case and run on lower-cased text: re.IGNORECASE makes
+# Python's matcher about twice as slow.
+_COMPILED = tuple(
+    (name, re.compile(pattern, re.MULTILINE), _KEYWORDS[name])
+    for name, pattern in _PATTERNS.items()
+)
+# Letters that case-insensitive matching treats as ASCII but NFKC leaves alone.
+_CONFUSABLES = str.maketrans({"\u0131": "i", "\u0130": "I"})
 _JSON_ESCAPES = re.compile(r"(?:\\u[0-9a-fA-F]{4})+")
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 # Unicode tag characters hide ASCII from human readers ("ASCII smuggling"); several
@@ -149,14 +175,21 @@ class InjectionFlag:
 def scan(text: str) -> list[InjectionFlag]:
     """Flags for the known injection patterns in `text` (its first MAX_SCANNED_CHARS
     characters), at most one per pattern; empty when none matched."""
+    return _scan(text, prefilter=True)
+
+
+def _scan(text: str, *, prefilter: bool) -> list[InjectionFlag]:
     unescaped = _unescape_json(text[:MAX_SCANNED_CHARS])
     flags = []
-    hidden = _HIDDEN.search(unescaped)
+    hidden = None if unescaped.isascii() else _HIDDEN.search(unescaped)
     if hidden is not None:
         flags.append(InjectionFlag("hidden_text", hidden.start(), _excerpt(unescaped, hidden)))
     folded = _fold(unescaped)
-    for name, regex in _COMPILED.items():
-        match = regex.search(folded)
+    lowered = folded.lower()
+    for name, regex, keywords in _COMPILED:
+        if prefilter and not any(keyword in lowered for keyword in keywords):
+            continue
+        match = regex.search(lowered)
         if match is not None:
             flags.append(InjectionFlag(name, match.start(), _excerpt(folded, match)))
     encoded = _encoded_instructions(folded)
@@ -198,10 +231,11 @@ def _unescaped(match: re.Match[str]) -> str:
 
 def _fold(text: str) -> str:
     """Compatibility-folded (fullwidth and styled letters to ASCII), invisible characters
-    removed: what a model reads, not what a naive byte match sees."""
+    removed: what a model reads, not what a naive byte match sees. Lower-casing it keeps
+    every offset (the one letter whose lower case is longer, U+0130, is mapped first)."""
     if text.isascii():
         return text
-    return _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+    return _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).translate(_CONFUSABLES)
 
 
 def _encoded_instructions(text: str) -> InjectionFlag | None:
@@ -216,7 +250,7 @@ def _encoded_instructions(text: str) -> InjectionFlag | None:
         printable = sum(char.isprintable() or char.isspace() for char in plain)
         if printable < 0.95 * max(1, len(plain)):
             continue
-        if any(regex.search(plain) for regex in _COMPILED.values()):
+        if any(regex.search(plain.lower()) for _, regex, _ in _COMPILED):
             return InjectionFlag("encoded_payload", match.start(), _excerpt(text, match))
     return None
 

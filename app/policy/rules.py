@@ -9,14 +9,15 @@ a numeric bound) or an empty constraint is a validation error located at its fie
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from functools import cached_property
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     Strict,
     StrictBool,
     StrictInt,
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 MAX_PATTERN_LENGTH = 512
+MAX_REMEMBERED_TOOLS = 1024
 # Amount limits are kept as integer micro-units in Redis, exact up to 2**53.
 MAX_AMOUNT_TOTAL = 1_000_000_000
 
@@ -79,8 +81,6 @@ class Constraint(BaseModel):
         description="Equal to one of these",
     )
 
-    _regex: re.Pattern[str] | None = PrivateAttr(default=None)
-
     @field_validator("pattern")
     @classmethod
     def _pattern_compiles(cls, pattern: str | None) -> str | None:
@@ -100,13 +100,29 @@ class Constraint(BaseModel):
             raise ValueError("`pattern` (strings) and `min`/`max` (numbers) can never both hold")
         return self
 
-    def model_post_init(self, context: Any, /) -> None:
-        if self.pattern is not None:
-            self._regex = _compiled(self.pattern)
+    def compiled(self, argument: str) -> CompiledConstraint:
+        return CompiledConstraint(
+            argument,
+            self.min,
+            self.max,
+            self.pattern,
+            _compiled(self.pattern) if self.pattern is not None else None,
+            self.equals,
+            tuple(self.in_) if self.in_ is not None else None,
+        )
 
-    @property
-    def regex(self) -> re.Pattern[str] | None:
-        return self._regex
+
+@dataclass(frozen=True, slots=True)
+class CompiledConstraint:
+    """A constraint ready to check: plain attributes, its pattern compiled."""
+
+    argument: str
+    min: int | float | None
+    max: int | float | None
+    pattern: str | None
+    regex: re.Pattern[str] | None
+    equals: str | int | float | bool | None
+    in_: tuple[str | int | float | bool, ...] | None
 
 
 class Rule(BaseModel):
@@ -128,19 +144,21 @@ class Rule(BaseModel):
     )
     reason: str | None = Field(default=None, max_length=1000, exclude_if=_unset)
 
-    _tool_regex: re.Pattern[str] = PrivateAttr()
-
     @field_validator("tool")
     @classmethod
     def _tool_compiles(cls, pattern: str) -> str:
         _compiled(pattern)
         return pattern
 
-    def model_post_init(self, context: Any, /) -> None:
-        self._tool_regex = _compiled(self.tool)
 
-    def applies_to(self, tool_name: str) -> bool:
-        return self._tool_regex.fullmatch(tool_name) is not None
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A rule ready to evaluate: its index in `rules`, patterns compiled."""
+
+    index: int
+    rule: Rule
+    tool: re.Pattern[str]
+    when: tuple[CompiledConstraint, ...]
 
 
 class LimitScope(StrEnum):
@@ -167,8 +185,6 @@ class Limit(BaseModel):
     per: LimitScope = LimitScope.TENANT
     over_limit: Refusal = Field(default="deny", description="The decision past the limit")
 
-    _tool_regex: re.Pattern[str] = PrivateAttr()
-
     @field_validator("tool")
     @classmethod
     def _tool_compiles(cls, pattern: str) -> str:
@@ -185,12 +201,6 @@ class Limit(BaseModel):
             raise ValueError("an amount limit needs both `sum_argument` and `max_total`")
         return self
 
-    def model_post_init(self, context: Any, /) -> None:
-        self._tool_regex = _compiled(self.tool)
-
-    def applies_to(self, tool_name: str) -> bool:
-        return self._tool_regex.fullmatch(tool_name) is not None
-
 
 class PolicySpec(BaseModel):
     """An agent's policy. With no rule matching, `default` decides: a new tool is unusable
@@ -203,20 +213,53 @@ class PolicySpec(BaseModel):
     read_only: bool = Field(default=False, description="Deny every write or destructive tool")
     limits: list[Limit] = Field(default_factory=list, max_length=50)
 
-    _ordered: tuple[tuple[int, Rule], ...] = PrivateAttr(default=())
+    @cached_property
+    def compiled(self) -> CompiledPolicy:
+        """The policy ready to evaluate, built on first use. (A cached property, not a
+        private attribute: pydantic leaves it out of equality and dumps, and reads it fast.)"""
+        return CompiledPolicy(self)
 
-    def model_post_init(self, context: Any, /) -> None:
-        # sorted() is stable, so rules of equal priority keep their list order.
-        self._ordered = tuple(
-            sorted(enumerate(self.rules), key=lambda indexed: indexed[1].priority)
-        )
-
-    def ordered_rules(self) -> tuple[tuple[int, Rule], ...]:
-        """(index in `rules`, rule) in evaluation order: priority, then list order."""
-        return self._ordered
+    def ordered_rules(self) -> tuple[CompiledRule, ...]:
+        """The rules in evaluation order: priority, then list order."""
+        return self.compiled.ordered
 
     def limits_for(self, tool_name: str) -> list[tuple[int, Limit]]:
         """(index in `limits`, limit) of the limits that count calls of `tool_name`."""
-        return [
-            (index, limit) for index, limit in enumerate(self.limits) if limit.applies_to(tool_name)
+        return self.compiled.limits_for(tool_name)
+
+
+class CompiledPolicy:
+    """A policy's rules in evaluation order with their patterns compiled, and the rules
+    that apply to each tool name seen so far."""
+
+    __slots__ = ("_by_tool", "_limits", "ordered")
+
+    def __init__(self, policy: PolicySpec) -> None:
+        compiled = [
+            CompiledRule(
+                index,
+                rule,
+                _compiled(rule.tool),
+                tuple(constraint.compiled(name) for name, constraint in rule.when.items()),
+            )
+            for index, rule in enumerate(policy.rules)
         ]
+        # sorted() is stable, so rules of equal priority keep their list order.
+        self.ordered = tuple(sorted(compiled, key=lambda rule: rule.rule.priority))
+        self._limits = tuple(
+            (index, limit, _compiled(limit.tool)) for index, limit in enumerate(policy.limits)
+        )
+        self._by_tool: dict[str, tuple[CompiledRule, ...]] = {}
+
+    def rules_for(self, tool_name: str) -> tuple[CompiledRule, ...]:
+        """The rules whose pattern matches the whole of `tool_name`, in evaluation order;
+        remembered for up to MAX_REMEMBERED_TOOLS names (they come from models)."""
+        rules = self._by_tool.get(tool_name)
+        if rules is None:
+            rules = tuple(rule for rule in self.ordered if rule.tool.fullmatch(tool_name))
+            if len(self._by_tool) < MAX_REMEMBERED_TOOLS:
+                self._by_tool[tool_name] = rules
+        return rules
+
+    def limits_for(self, tool_name: str) -> list[tuple[int, Limit]]:
+        return [(index, limit) for index, limit, tool in self._limits if tool.fullmatch(tool_name)]

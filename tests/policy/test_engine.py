@@ -103,6 +103,9 @@ def test_the_api_example_round_trips_unchanged() -> None:
     dumped = SUPPORT.model_dump(mode="json")
     assert dumped["rules"][0]["when"] == {"amount": {"max": 100}}
     assert PolicySpec.model_validate(dumped) == SUPPORT
+    fresh = PolicySpec.model_validate(API_EXAMPLE)
+    evaluate(SUPPORT, "lookup_order", SideEffect.READ, {})  # fills SUPPORT's per-tool cache
+    assert fresh == SUPPORT and fresh.model_dump() == SUPPORT.model_dump()
     with_in = _policy({"tool": "x", "decision": "allow", "when": {"a": {"in": [1, "b"]}}})
     assert with_in.model_dump()["rules"][0]["when"] == {"a": {"in": [1, "b"]}}
     assert PolicySpec.model_validate_json(with_in.model_dump_json()) == with_in
@@ -176,7 +179,9 @@ def test_the_api_example(
 )
 def test_each_constraint_kind(constraint: dict[str, Any], value: Any, holds: bool) -> None:
     policy = _policy({"tool": "t", "decision": "allow", "when": {"v": constraint}})
-    assert (check_constraint(Constraint.model_validate(constraint), value) is None) is holds
+    assert (
+        check_constraint(Constraint.model_validate(constraint).compiled("v"), value) is None
+    ) is holds
     decision = evaluate(policy, "t", SideEffect.READ, {"v": value})
     assert decision.decision is (Decision.ALLOW if holds else Decision.DENY)
 
@@ -400,7 +405,7 @@ def test_nothing_is_allowed_that_the_oracle_would_not_allow(
 def test_a_constraint_holds_exactly_when_the_oracle_says(
     constraint: dict[str, Any], value: Any
 ) -> None:
-    holds = check_constraint(Constraint.model_validate(constraint), value) is None
+    holds = check_constraint(Constraint.model_validate(constraint).compiled("v"), value) is None
     assert holds is _oracle_holds(constraint, {"v": value}, "v")
 
 
@@ -410,4 +415,4 @@ def test_a_constraint_holds_exactly_when_the_oracle_says(
 )
 def test_nan_never_meets_a_numeric_bound(bounds: dict[str, Any], nan: Any) -> None:
     assume(bounds.get("min", -math.inf) <= bounds.get("max", math.inf))
-    assert check_constraint(Constraint.model_validate(bounds), nan) is not None
+    assert check_constraint(Constraint.model_validate(bounds).compiled("v"), nan) is not None

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.policy import injection
 from app.policy.corpus import benign_outputs, injections
 from app.policy.injection import neutralise_delimiters, scan, wrap_untrusted
 
@@ -89,6 +90,36 @@ def test_each_pattern(text: str, pattern: str) -> None:
 )
 def test_benign_near_misses_are_not_flagged(text: str) -> None:
     assert scan(text) == []
+
+
+def test_patterns_are_lower_case_since_they_run_on_lower_cased_text() -> None:
+    for name, pattern in injection._PATTERNS.items():
+        literal = re.sub(r"\\.", "", pattern)  # escapes such as \W keep their case
+        assert literal == literal.lower(), name
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                *(keyword for keywords in injection._KEYWORDS.values() for keyword in keywords),
+                "IGNORE", "previous", "instructions", " ", "\n", "\\n", ":", "to ", "the ",
+                "http://e.example", "\u0130", "\uff29", "\u200b", "x", "Human", "<", "/",
+            ]
+        ),
+        max_size=12,
+    ).map("".join)
+)  # fmt: skip
+def test_the_keyword_prefilter_never_hides_a_match(text: str) -> None:
+    assert scan(text) == injection._scan(text, prefilter=False)
+
+
+def test_the_keyword_prefilter_agrees_on_the_corpora() -> None:
+    texts = benign_outputs() + [attack.text for attack in injections()]
+    assert [scan(text) for text in texts] == [
+        injection._scan(text, prefilter=False) for text in texts
+    ]
 
 
 @pytest.mark.parametrize(
