@@ -197,6 +197,13 @@ class LlmSettings(BaseSettings):
     breaker_success_threshold: int = Field(
         default=2, ge=1, le=100, description="Probe successes that close a circuit"
     )
+    breaker_closed_cache_seconds: float = Field(
+        default=0.25,
+        ge=0,
+        le=10,
+        description="A worker trusts a closed circuit this long without asking Redis (other "
+        "workers' trips reach it that much later); 0: ask on every call",
+    )
     cache_ttl_seconds: int = Field(
         default=300, ge=1, le=7 * 86_400, description="Response cache entry lifetime"
     )

@@ -140,7 +140,7 @@ def bench_engine(calls: int) -> None:
     print(f"b. engine.evaluate, 10-rule policy, {calls} calls over {len(CALLS)} kinds {decisions}")
     print(f"   µs per call: p50 {p50:.2f}  p99 {p99:.2f}  mean {mean:.2f} (untimed loop)")
     print(
-        f"   validating the policy (compiles every pattern): p50 {pct(validate, 50) / 1000:.0f} µs"
+        f"   validating the policy (checks every pattern compiles): p50 {pct(validate, 50) / 1000:.0f} µs"
     )
 
 

@@ -89,6 +89,13 @@ class BreakerConfig(BaseModel):
         default=86_400, ge=3600, le=30 * 86_400, description="Redis keeps an idle circuit this long"
     )
     key_prefix: str = Field(default="agent:cb", min_length=1)
+    closed_cache_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="Trust a closed verdict this long without asking Redis, and send successes "
+        "in batches (0: every call asks Redis)",
+    )
 
 
 @dataclass(frozen=True)
@@ -302,6 +309,7 @@ local window_ms, minimum_calls = tonumber(ARGV[4]), tonumber(ARGV[5])
 local cooldown_ms, success_threshold = tonumber(ARGV[6]), tonumber(ARGV[7])
 local probe_timeout_ms, ttl_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 local permit_generation, token = tonumber(ARGV[10]), ARGV[11]
+local count = tonumber(ARGV[12]) or 1  -- successes reported together (closed fast path)
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -317,8 +325,8 @@ local current_bucket = math.floor(now / bucket_ms)
 
 local function window(add, failed, prune)
   if add then
-    redis.call('HINCRBY', window_key, 'c' .. current_bucket, 1)
-    if failed then redis.call('HINCRBY', window_key, 'f' .. current_bucket, 1) end
+    redis.call('HINCRBY', window_key, 'c' .. current_bucket, count)
+    if failed then redis.call('HINCRBY', window_key, 'f' .. current_bucket, count) end
     redis.call('PEXPIRE', window_key, window_ms + bucket_ms)
   end
   local calls, failed_calls = 0, 0
@@ -427,6 +435,9 @@ class CircuitBreaker:
         self._timeout = redis_timeout_seconds
         self._in_outage = False
         self._on_transition = on_transition
+        self._closed_seen: dict[str, tuple[int, float]] = {}  # key → (generation, trusted until)
+        self._pending_successes: dict[tuple[str, int], int] = {}
+        self._flushing: asyncio.Task[None] | None = None
         c = self.config
         self._limits: list[float | int] = [
             c.failure_threshold,
@@ -440,7 +451,13 @@ class CircuitBreaker:
         ]
 
     async def acquire(self, key: str) -> Permit:
-        """A permit to call `key`, or `CircuitOpen` (open, or half-open with a probe out)."""
+        """A permit to call `key`, or `CircuitOpen` (open, or half-open with a probe out).
+
+        Fast path: a circuit this process saw closed within `closed_cache_seconds` is
+        trusted without asking Redis (another process's trip is seen that much later)."""
+        cached = self._closed_seen.get(key)
+        if cached is not None and time.monotonic() < cached[1]:
+            return Permit(key, cached[0], None, "redis")
         token = uuid.uuid4().hex
         backend: Backend = "redis"
         reply = await self._eval("acquire", key, token=token)
@@ -451,6 +468,7 @@ class CircuitBreaker:
             decision = _Decision(
                 bool(allowed), _LUA_STATES[before], _LUA_STATES[after], generation, retry_ms / 1000
             )
+            self._remember(key, decision.after, generation)
         self._notify(key, decision.before, decision.after)
         if not decision.allowed:
             raise CircuitOpen(key, decision.retry_after_seconds)
@@ -458,10 +476,45 @@ class CircuitBreaker:
         return Permit(key, decision.generation, probe, backend)
 
     async def record_success(self, permit: Permit) -> None:
+        if permit.backend == "redis" and not permit.is_probe and self.config.closed_cache_seconds:
+            # Successes on a closed circuit go to Redis together: one round trip for all
+            # that arrived while the last report was in flight.
+            batch = (permit.key, permit.generation)
+            self._pending_successes[batch] = self._pending_successes.get(batch, 0) + 1
+            if self._flushing is None or self._flushing.done():
+                self._flushing = asyncio.create_task(self._flush_successes())
+            return
         await self._report(permit, "success")
 
     async def record_failure(self, permit: Permit) -> None:
+        self._closed_seen.pop(permit.key, None)  # ask Redis next time
         await self._report(permit, "failure")
+
+    async def flush(self) -> None:
+        """Wait until the batched successes are in Redis."""
+        while self._flushing is not None and not self._flushing.done():
+            await self._flushing
+
+    async def _flush_successes(self) -> None:
+        while self._pending_successes:
+            batches, self._pending_successes = self._pending_successes, {}
+            for (key, generation), count in batches.items():
+                reply = await self._eval("success", key, generation, "", count)
+                if reply is None:
+                    self._local.report(key, None, None, "success")
+                else:
+                    before, after = _LUA_STATES[reply[0]], _LUA_STATES[reply[1]]
+                    self._remember(key, after, generation)
+                    self._notify(key, before, after)
+
+    def _remember(self, key: str, state: CircuitState, generation: int) -> None:
+        if state is CircuitState.CLOSED and self.config.closed_cache_seconds:
+            self._closed_seen[key] = (
+                generation,
+                time.monotonic() + self.config.closed_cache_seconds,
+            )
+        else:
+            self._closed_seen.pop(key, None)
 
     async def release(self, permit: Permit) -> None:
         """The call ended in a way that says nothing about the provider: frees a probe slot."""
@@ -509,10 +562,12 @@ class CircuitBreaker:
                 before, after = self._local.report(permit.key, None, None, outcome)
             else:
                 before, after = _LUA_STATES[reply[0]], _LUA_STATES[reply[1]]
+                if after is not CircuitState.CLOSED:
+                    self._closed_seen.pop(permit.key, None)
         self._notify(permit.key, before, after)
 
     async def _eval(
-        self, op: str, key: str, generation: int = 0, token: str = ""
+        self, op: str, key: str, generation: int = 0, token: str = "", count: int = 1
     ) -> list[int] | None:
         """Run the script; None means Redis is unavailable and the local breaker decides."""
         if self._script is None:
@@ -524,7 +579,8 @@ class CircuitBreaker:
         try:
             async with asyncio.timeout(self._timeout):
                 reply = await self._script(
-                    keys=[base, f"{base}:window"], args=[op, *self._limits, generation, token]
+                    keys=[base, f"{base}:window"],
+                    args=[op, *self._limits, generation, token, count],
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             self._health.record_failure()

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -47,6 +47,7 @@ class Breaker(Protocol):
     async def record_success(self, permit: Any) -> None: ...
     async def record_failure(self, permit: Any) -> None: ...
     async def release(self, permit: Any) -> None: ...
+    async def flush(self) -> None: ...  # wait for reports sent in the background
 
 
 class ModelCallFailed(Exception):
@@ -91,7 +92,9 @@ class ProviderGateway:
         prices: PriceTable,
         retry: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        cheap_model: str | None = None,
     ) -> None:
+        self.cheap_model = cheap_model
         self.provider = provider
         self.breaker = breaker
         self.circuit_open = circuit_open
@@ -100,10 +103,9 @@ class ProviderGateway:
         self.prices = prices
         self.retry = retry
         self.sleep = sleep
-        self._reporting: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
-        await asyncio.gather(*self._reporting, return_exceptions=True)
+        await self.breaker.flush()
         await self.provider.aclose()
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
@@ -145,7 +147,10 @@ class ProviderGateway:
         return response
 
     async def _through_chain(self, request: ModelRequest) -> ModelResponse:
-        chain = [request.model, *(m for m in request.fallback_models if m != request.model)]
+        chain = [request.model, *request.fallback_models]
+        if request.tier == "cheap" and self.cheap_model:
+            chain.insert(0, self.cheap_model)
+        chain = list(dict.fromkeys(chain))  # each model once, in order
         reasons: list[str] = []
         for index, model in enumerate(chain):
             try:
@@ -206,20 +211,13 @@ class ProviderGateway:
                 await self.sleep(delay)
                 attempt += 1
                 continue
-            self._report_later(self.breaker.record_success(permit))
+            await self.breaker.record_success(permit)
             elapsed = time.perf_counter() - started
             metrics.LLM_CALL_SECONDS.labels(PROVIDER, model).observe(elapsed)
             if response.ttft_ms is not None:
                 metrics.LLM_TTFT_SECONDS.labels(PROVIDER, model).observe(response.ttft_ms / 1000)
             metrics.LLM_CALLS.labels(PROVIDER, model, "ok").inc()
             return response
-
-    def _report_later(self, report: Coroutine[Any, Any, None]) -> None:
-        """A success is reported off the call's path: nobody waits on it (the breaker
-        bounds its own Redis time and falls back in process)."""
-        task = asyncio.create_task(report)
-        self._reporting.add(task)
-        task.add_done_callback(self._reporting.discard)
 
     async def _report(self, permit: Any, failure: Failure) -> None:
         if failure.health:

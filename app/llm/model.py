@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 ContentBlock = dict[str, Any]  # {"type": "text"|"tool_use"|"tool_result", ...}
 Message = dict[str, Any]  # {"role": "user"|"assistant", "content": [ContentBlock, ...]}
@@ -30,6 +30,8 @@ class ModelRequest:
     cache_responses: bool = False
     prompt_caching: bool = False
     deadline_at: datetime | None = None  # retries never wait past it
+    # "cheap": a summary or compaction — the gateway routes it to the cheaper tier first.
+    tier: Literal["default", "cheap"] = "default"
     on_delta: DeltaSink | None = field(default=None, compare=False, repr=False)
 
 

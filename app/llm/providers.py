@@ -79,6 +79,7 @@ def build_gateway(settings: Settings, redis: Redis) -> ProviderGateway:
             cooldown_seconds=llm.breaker_cooldown_seconds,
             success_threshold=llm.breaker_success_threshold,
             probe_timeout_seconds=max(150.0, settings.anthropic.timeout_seconds + 30),
+            closed_cache_seconds=llm.breaker_closed_cache_seconds,
         ),
         redis_timeout_seconds=settings.redis.socket_timeout_seconds,
     )
@@ -95,4 +96,5 @@ def build_gateway(settings: Settings, redis: Redis) -> ProviderGateway:
         ),
         prices=PriceTable(llm.prices),
         retry=RetryPolicy(llm.max_retries, llm.retry_base_seconds, llm.retry_max_seconds),
+        cheap_model=llm.cheap_model,
     )

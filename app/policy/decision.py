@@ -92,6 +92,8 @@ class LimitCheck:
     breaches: tuple[LimitBreach, ...] = ()
     reservation: Reservation | None = None
     store_unavailable: bool = False
+    # (limit index, its total in the window before this call) when it was recorded
+    used: tuple[tuple[int, str], ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -108,6 +110,7 @@ class LimitCheck:
             "breaches": [breach.audit() for breach in self.breaches],
             "reservation_id": self.reservation.reservation_id if self.reservation else None,
             "store_unavailable": self.store_unavailable,
+            "used": {str(index): used for index, used in self.used},
         }
 
 

@@ -1,11 +1,12 @@
 """Known prompt-injection patterns in untrusted data (tool outputs, retrieved memories), and
 the neutralising of delimiter-escape attempts before such data is wrapped.
 
-`scan` is a tripwire, not a guarantee: it flags the well-known phrasings (case-insensitive,
-after Unicode compatibility folding, precompiled, each pattern run only when one of its
-keywords occurs) so they are audited and, per the agent's
-`untrusted_content` setting, gate later write calls; paraphrases get through. The
-structural defence is `wrap_untrusted`: data can never close its `<untrusted-data>` wrapper.
+`scan` is a tripwire, not a guarantee: it flags the well-known phrasings so they are
+audited and, per the agent's `untrusted_content` setting, gate later write calls;
+paraphrases get through. It matches case-insensitively, after JSON `\\u` escapes are read
+and Unicode is compatibility-folded (fullwidth letters, invisible characters), with
+precompiled patterns each run only when one of its keywords occurs. The structural
+defence is `wrap_untrusted`: data can never close its `<untrusted-data>` wrapper.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ an argument per window (refunds ≤ $100 a day), per session, subject or tenant.
 `reserve` checks and records a call in one Lua script, so concurrent sessions cannot
 together pass a cap, and splitting an amount over several calls adds up. `release` gives
 a reservation back (the call did not run: denied, rejected, failed before any effect);
-it is idempotent. A call never released stays counted — the safe direction after a crash.
+it is idempotent. A call never released stays counted — the safe direction after a crash,
+as is a reservation whose reply was lost (counted in Redis, refused here).
 
 Window: 60 buckets per window in one Redis hash per (tenant, limit, scope). The oldest
 bucket counts in full, so no window-long interval ever passes the cap; a limit may bind up
@@ -230,7 +231,8 @@ async def reserve(
         ),
         ttl_ms=max(ttl_ms),
     )
-    return LimitCheck(Decision.ALLOW, applied, reservation=reservation)
+    used = tuple((c.limit_index, _shown(c.limit, totals[c.counter])) for c in checks)
+    return LimitCheck(Decision.ALLOW, applied, reservation=reservation, used=used)
 
 
 async def release(redis: Redis, reservation: Reservation, *, timeout_seconds: float = 1.0) -> bool:

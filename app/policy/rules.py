@@ -1,9 +1,10 @@
 """The `policy` field of an agent definition (API.md "Agents"): ordered rules, a default,
 read-only mode and blast-radius limits.
 
-Every pattern is compiled once, when the policy is validated; a pattern that does not
-compile, an unknown key, a constraint that can never hold (`min` > `max`, `pattern` beside
-a numeric bound) or an empty constraint is a validation error located at its field.
+A pattern that does not compile, an unknown key, a constraint that can never hold (`min` >
+`max`, `pattern` beside a numeric bound) or an empty constraint is a validation error
+located at its field. Patterns are compiled once per policy object, on first evaluation
+(`PolicySpec.compiled`).
 """
 
 from __future__ import annotations

@@ -64,6 +64,14 @@ class Conversation:
         else:
             self.messages.append({"role": "user", "content": [block]})
 
+    def compact(self, summary: str) -> None:
+        """Everything before the last exchange (assistant turn + its answer) becomes one
+        user message holding the summary; the exchange stays, so tool_use/tool_result
+        pairs remain intact."""
+        kept = self.messages[-2:] if len(self.messages) >= 3 else self.messages[1:]
+        block = {"type": "text", "text": f"Summary of the conversation so far:\n{summary}"}
+        self.messages = [{"role": "user", "content": [block]}, *kept]
+
     def add_note(self, text: str) -> None:
         block = {"type": "text", "text": text}
         if self.messages and self.messages[-1]["role"] == "user":
@@ -81,8 +89,11 @@ def rebuild(
     conversation = Conversation(messages=[input_message(session_input)])
     for event_type, data in events:
         if event_type == "platform.note":
-            conversation.add_note(data["text"])
-            conversation.last_response = None  # the model was asked again
+            if data.get("kind") == "compaction":
+                conversation.compact(data["summary"])
+            elif "text" in data:  # notes for the model (loop warnings, output re-asks)
+                conversation.add_note(data["text"])
+                conversation.last_response = None  # the model was asked again
             continue
         if event_type == "user.message":
             conversation.add_user_input(data["input"])

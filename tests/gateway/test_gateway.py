@@ -358,3 +358,32 @@ async def test_an_overloaded_provider_parks_the_session_with_a_back_off_not_a_fa
     current = await api.get(session["id"])
     assert current["status"] == "queued", current  # handed back, not failed
     assert len(fake_anthropic.requests) == 4  # the first try and three retries
+
+
+async def test_an_overgrown_conversation_is_compacted_by_the_cheaper_tier_and_goes_on(
+    api: Api,
+    start_pool: PoolFactory,
+    fake_anthropic: FakeAnthropicServer,
+    gateway_models: ModelResolver,
+) -> None:
+    fake_anthropic.script(
+        Reply(content=[ToolUse("lookup_order", {"order_id": "ord_1001"})]),
+        Reply(content=["partial"], stop_reason="model_context_window_exceeded"),
+        Reply(content=["All done."]),
+        model=PRIMARY,
+    )
+    fake_anthropic.script(
+        Reply(content=["User asked about ord_1001; it was found."]), model=FALLBACK
+    )
+    await api.create_agent(name="compacting", model=PRIMARY, tools=["lookup_order"])
+    await start_pool(2, models=gateway_models)
+    session = await api.start("compacting", "where is ord_1001?")
+    done = await api.wait(session["id"])
+    assert done["status"] == "completed", done
+    models = [r.model for r in fake_anthropic.requests]
+    assert models == [PRIMARY, PRIMARY, FALLBACK, PRIMARY]  # the summary went to the cheap tier
+    last = fake_anthropic.requests[-1].body["messages"]
+    assert "User asked about ord_1001" in last[0]["content"][0]["text"]
+    assert last[1]["role"] == "assistant" and last[2]["content"][0]["type"] == "tool_result"
+    notes = [e["data"] for e in await api.events(session["id"]) if e["type"] == "platform.note"]
+    assert [n["kind"] for n in notes] == ["compaction"]

@@ -488,3 +488,39 @@ async def test_a_stalled_redis_never_hangs_a_call_and_the_breaker_still_opens(
         assert elapsed < 2.0, f"took {elapsed:.2f}s with Redis stalled"
     finally:
         await client.aclose()
+
+
+# -- the closed fast path (LLM_BREAKER_CLOSED_CACHE_SECONDS) ---------------------------------
+
+
+async def test_a_trusted_closed_verdict_expires_and_then_the_shared_trip_is_seen(
+    redis_client: Redis, prefix: str
+) -> None:
+    config = BreakerConfig(key_prefix=prefix, failure_threshold=2, closed_cache_seconds=0.3)
+    here, there = CircuitBreaker(redis_client, config), CircuitBreaker(redis_client, config)
+    key = "anthropic:fast"
+    await here.release(await here.acquire(key))  # seen closed: trusted for 0.3 s
+    for _ in range(2):
+        await there.record_failure(await there.acquire(key))
+    assert (await there.state(key)).state is CircuitState.OPEN
+    await here.acquire(key)  # still trusted: at most closed_cache_seconds stale
+    await asyncio.sleep(0.35)
+    with pytest.raises(CircuitOpen):
+        await here.acquire(key)
+
+
+async def test_batched_successes_all_reach_the_shared_window(
+    redis_client: Redis, prefix: str
+) -> None:
+    config = BreakerConfig(key_prefix=prefix, closed_cache_seconds=5)
+    breaker = CircuitBreaker(redis_client, config)
+    key = "anthropic:batched"
+    permits = [await breaker.acquire(key) for _ in range(25)]
+    for permit in permits:
+        await breaker.record_success(permit)
+    await breaker.flush()
+    state = await breaker.state(key)
+    assert state.window_calls == 25 and state.window_failures == 0
+    # A failure still goes straight to Redis and ends the trust in the closed verdict.
+    await breaker.record_failure(await breaker.acquire(key))
+    assert (await breaker.state(key)).consecutive_failures == 1

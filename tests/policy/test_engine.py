@@ -371,7 +371,7 @@ def _oracle(policy: dict[str, Any], tool: str, arguments: dict[str, Any]) -> tup
 
 
 @settings(
-    max_examples=300,
+    max_examples=150,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.filter_too_much],
@@ -409,6 +409,7 @@ def test_a_constraint_holds_exactly_when_the_oracle_says(
     assert holds is _oracle_holds(constraint, {"v": value}, "v")
 
 
+@settings(database=None)
 @given(
     bounds=st.fixed_dictionaries({}, optional={"min": finite, "max": finite}).filter(bool),
     nan=st.sampled_from([math.nan, -math.nan, Decimal("NaN"), Decimal("-NaN"), Decimal("sNaN")]),

@@ -24,9 +24,14 @@ from tests.fixtures_redis import DedicatedRedis
 DAY = 86_400
 
 
+# Generous timeouts: these tests are about counting, not about a slow Redis (the suite runs
+# beside others on a small machine); the fault tests below set their own.
+PATIENT = RedisSettings(socket_timeout_seconds=5, connect_timeout_seconds=5)
+
+
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = create_redis(RedisSettings(), redis_url)
+    client = create_redis(PATIENT, redis_url)
     yield client
     await client.aclose()
 
@@ -89,6 +94,7 @@ async def test_split_refunds_add_up(redis: Redis, tenant: str) -> None:
     first = await limits.reserve(redis, policy, "refund_order", {"amount": 60.0}, _scope(tenant))
     second = await limits.reserve(redis, policy, "refund_order", {"amount": 50}, _scope(tenant))
     assert (first.decision, second.decision) == (Decision.ALLOW, Decision.REQUIRE_APPROVAL)
+    assert first.used == ((0, "0"),)
     [breach] = second.breaches
     assert (breach.used, breach.requested, breach.cap) == ("60", "50", "100")
     exactly_the_cap = await limits.reserve(
@@ -122,11 +128,17 @@ async def test_concurrent_reservations_never_pass_the_cap(redis: Redis, tenant: 
     results = await asyncio.gather(
         *(
             limits.reserve(
-                redis, policy, "refund_order", {"amount": 10}, _scope(tenant, session=f"s{n}")
+                redis,
+                policy,
+                "refund_order",
+                {"amount": 10},
+                _scope(tenant, session=f"s{n}"),
+                timeout_seconds=10,
             )
             for n in range(50)
         )
     )
+    assert not any(r.store_unavailable for r in results)
     granted = [r for r in results if r.decision is Decision.ALLOW]
     assert len(granted) == 10
     assert {r.decision for r in results if r not in granted} == {Decision.DENY}
