@@ -16,6 +16,8 @@ from app.agents.errors import AgentNotFound, AgentVersionConflict
 from app.agents.models import Agent, AgentVersion
 from app.agents.schemas import AgentDefinition, AgentView, AgentWrite
 from app.errors import ValidationFailed
+from app.observability import audit
+from app.observability.audit import AuditAction, AuditRecord
 from app.tools.errors import UnknownTools
 from app.tools.registry import ToolRegistry
 
@@ -92,7 +94,28 @@ async def save(
             f"agent {definition.name} changed concurrently; read it and retry"
         )
     version = await repository.insert_version(db, agent, document, created_by)
+    # Every change is audited; disabling (the kill switch) under its own action.
+    action = AuditAction.AGENT_CHANGED if definition.enabled else AuditAction.AGENT_DISABLED
+    await audit.append(
+        db,
+        [
+            AuditRecord(
+                tenant_id or PLATFORM_AUDIT_TENANT,
+                None,
+                f"user:{created_by}" if created_by else "platform",
+                action,
+                {
+                    "agent": definition.name,
+                    "version": version.version,
+                    "enabled": definition.enabled,
+                },
+            )
+        ],
+    )
     return view(agent, version), True
+
+
+PLATFORM_AUDIT_TENANT = "_platform"  # the chain of platform-wide (YAML) agents
 
 
 async def get_visible(

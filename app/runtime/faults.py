@@ -11,7 +11,7 @@ from pathlib import Path
 
 from app.settings import RuntimeSettings
 
-POINTS = ("before_tool", "after_tool_effect", "after_tool_record")
+POINTS = ("before_tool", "after_tool_effect", "after_tool_record", "before_approved_tool")
 
 
 class CrashPoints:

@@ -207,6 +207,16 @@ async def test_redis_down_fails_closed(dedicated_redis: DedicatedRedis, tenant: 
         assert (refund.decision, delete.decision) == (Decision.REQUIRE_APPROVAL, Decision.DENY)
         assert refund.store_unavailable and delete.store_unavailable
         assert refund.reservation is None and delete.reservation is None
+        # A reviewer's approval is what a require_approval limit asks for; a deny limit
+        # still cannot be checked, so it still denies.
+        approved = await limits.reserve(
+            client, policy, "refund_order", {"amount": 1}, _scope(tenant), approved=True
+        )
+        assert (approved.decision, approved.store_unavailable) == (Decision.ALLOW, True)
+        approved_delete = await limits.reserve(
+            client, policy, "delete_user", {}, _scope(tenant), approved=True
+        )
+        assert approved_delete.decision is Decision.DENY
         # A call no limit counts does not need Redis at all.
         lookup = await limits.reserve(client, policy, "lookup_order", {}, _scope(tenant))
         assert lookup.decision is Decision.ALLOW

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from app.api.context import AppContext
 from app.tools.demo_models import DemoRefund
+from tests.conftest import TokenFactory, bearer
 from tests.runtime.processes import WorkerProcess
 from tests.runtime_fixtures import Api, script
 
@@ -169,3 +170,40 @@ async def test_worker_paused_past_its_lease_writes_nothing_after_takeover(
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert "lease lost" in first.log()
     assert second.alive() and first.alive()
+
+
+async def test_a_worker_killed_between_approval_and_execution_runs_the_call_exactly_once(
+    api: Api,
+    context: AppContext,
+    workers: list[WorkerProcess],
+    database_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    make_token: TokenFactory,
+) -> None:
+    crashing = _spawn(
+        workers, database_url, redis_url, tmp_path,
+        extra_env={"RUNTIME_CRASH_AT": "before_approved_tool:refund_order",
+                   "RUNTIME_CRASH_ONCE_FILE": str(tmp_path / "crashed")},
+    )  # fmt: skip
+    # The demo agent's policy sends refunds over $100 to a reviewer.
+    session = await api.start("support", {"order_id": "ord_1004", "amount": 250})
+    await api.wait(session["id"], until=("awaiting_approval",), within_seconds=30)
+    reviewer = bearer(make_token(api.tenant, sub="rita", roles=("reviewer",)))
+    pending = await api.http.get(
+        "/v1/approvals", params={"session_id": session["id"]}, headers=reviewer
+    )
+    [approval] = pending.json()["items"]
+    decided = await api.http.post(
+        f"/v1/approvals/{approval['id']}/decision", json={"decision": "approve"}, headers=reviewer
+    )
+    assert decided.status_code == 200, decided.text
+    assert await _wait_dead(crashing) == -signal.SIGKILL  # claimed it, died before running it
+    assert await _refunds(context, session["id"]) == 0
+
+    _spawn(workers, database_url, redis_url, tmp_path)
+    done = await api.wait(session["id"], within_seconds=30)
+    assert done["status"] == "completed", done
+    assert await _refunds(context, session["id"]) == 1  # exactly once
+    ledger = {c["tool"]: c for c in await api.tool_calls(session["id"])}
+    assert ledger["refund_order"]["status"] == "succeeded"
