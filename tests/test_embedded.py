@@ -51,11 +51,13 @@ def test_postgres_daemon_survives_its_starter_and_recovers_from_kill_9(tmp_path:
     # Started by a child process that then exits: the server must outlive it.
     code = (
         "from pathlib import Path; from app.embedded import EmbeddedPostgres;"
-        f"print(EmbeddedPostgres(Path({str(tmp_path)!r})).ensure_running())"
+        f"print(EmbeddedPostgres(Path({str(tmp_path)!r}), start_timeout_seconds=120)"
+        ".ensure_running())"
     )
     started = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180
     )
+    assert started.returncode == 0, started.stderr[-3000:]
     url = started.stdout.strip().splitlines()[-1]
     postgres = EmbeddedPostgres(tmp_path)
     try:
