@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.llm.model import ContentBlock, Message
+from app.policy.injection import wrap_untrusted
 from app.runtime.store import ToolCallRecord
 from app.tools.executor import render_for_model
 from app.tools.spec import ToolSpec
@@ -33,7 +34,7 @@ def tool_result_block(record: ToolCallRecord, tools: dict[str, ToolSpec]) -> Con
         if spec is not None:
             content, _ = render_for_model(spec, record.result)
         else:
-            content = f'<untrusted-data source="tool:{record.tool}">\n{json.dumps(record.result)}\n</untrusted-data>'
+            content = wrap_untrusted(json.dumps(record.result), f"tool:{record.tool}")
         return {"type": "tool_result", "tool_use_id": record.tool_use_id, "content": content}
     message = record.error or f"{record.tool} {record.status}"
     return {

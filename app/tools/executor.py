@@ -30,6 +30,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from app.policy.injection import wrap_untrusted
 from app.tools.spec import (
     ToolContext,
     ToolInputError,
@@ -109,10 +110,8 @@ def render_for_model(spec: ToolSpec, result: Any) -> tuple[str, bool]:
         text = text.encode()[: spec.max_output_bytes].decode(errors="ignore") + " …[truncated]"
     if spec.trusted:
         return text, truncated
-    return (
-        f'<untrusted-data source="tool:{spec.name}">\n{text}\n</untrusted-data>',
-        truncated,
-    )
+    # Delimiters inside the data are neutralised, so the wrapper cannot be closed early.
+    return wrap_untrusted(text, f"tool:{spec.name}"), truncated
 
 
 async def _call_once(spec: ToolSpec, arguments: dict[str, Any], context: ToolContext) -> Any:
