@@ -49,6 +49,7 @@ def agent(turns: int) -> dict[str, object]:
         "name": f"fanout-{turns}",
         "model": "offline",
         "tools": ["lookup_order"],
+        "policy": {"rules": [{"tool": "lookup_order", "decision": "allow"}]},
         "offline": {"script": script},
         "limits": {"max_turns": turns + 5},
     }

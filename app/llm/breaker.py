@@ -60,6 +60,7 @@ class CircuitState(StrEnum):
     HALF_OPEN = "half_open"
 
 
+SUCCESS_FLUSH_SECONDS = 0.05  # batched successes (closed fast path) reach Redis this late
 _LUA_STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)  # codes 0, 1, 2
 
 
@@ -496,6 +497,8 @@ class CircuitBreaker:
             await self._flushing
 
     async def _flush_successes(self) -> None:
+        # Collect for a moment: under load one round trip carries many successes.
+        await asyncio.sleep(SUCCESS_FLUSH_SECONDS)
         while self._pending_successes:
             batches, self._pending_successes = self._pending_successes, {}
             for (key, generation), count in batches.items():
