@@ -14,7 +14,18 @@ from app.api.context import AppContext
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_problem_handlers
 from app.api.rate_limit import RateLimiter
-from app.api.routes import agents, approvals, audit, health, me, sessions, tools, webhooks
+from app.api.routes import (
+    agents,
+    approvals,
+    audit,
+    credentials,
+    health,
+    me,
+    sessions,
+    tools,
+    webhooks,
+)
+from app.credentials.service import CredentialCipher
 from app.db import models as _all_models  # noqa: F401  (every table known to the ORM)
 from app.db.engine import create_engine, create_session_factory
 from app.embedded import resolve_database_url, resolve_redis_url
@@ -54,6 +65,7 @@ def build_context(
         tenants=TenantRegistry(settings.tenant_defaults),
         tools=ToolRegistry(),
         models=ModelResolver.from_settings(settings, redis_url),
+        credential_cipher=CredentialCipher(settings.credentials.encryption_key.get_secret_value()),
         feed=SessionFeedHub(
             session_factory,
             redis_url,
@@ -97,6 +109,7 @@ def create_app(
                 webhooks=WebhookDispatcher(settings.webhooks, settings.outbound_allowlist),
                 retention=settings.retention,
                 prices=PriceTable(settings.llm.prices),
+                credential_cipher=context.credential_cipher,
             )
             pool_task = asyncio.create_task(pool.run(stop), name="in-process-worker-pool")
         try:
@@ -124,4 +137,5 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(approvals.router)
     app.include_router(audit.router)
+    app.include_router(credentials.router)
     return app

@@ -26,6 +26,7 @@ PLACEHOLDER_SECRETS = frozenset(
     {"", "change-me", "changeme", "secret", "dev-secret-change-me-in-production", "password"}
 )
 DEV_JWT_SECRET = "dev-secret-change-me-in-production"
+DEV_CREDENTIALS_KEY = "Sz5P4SwOZ0DMxrSE1xNnGLgdH2GJAROHrNfKSPxNdxc="  # development only
 
 
 class Environment(StrEnum):
@@ -230,6 +231,19 @@ class LlmSettings(BaseSettings):
         return value
 
 
+class CredentialSettings(BaseSettings):
+    """Tool credentials stored per agent and tool, encrypted at rest (Fernet)."""
+
+    model_config = _group("CREDENTIALS_")
+
+    encryption_key: SecretStr = Field(
+        default=SecretStr(DEV_CREDENTIALS_KEY),
+        description="Fernet key (urlsafe base64, 32 bytes); the development default is refused "
+        "in production. Generate: python -c 'from cryptography.fernet import Fernet; "
+        "print(Fernet.generate_key().decode())'",
+    )
+
+
 class WebhookSettings(BaseSettings):
     model_config = _group("WEBHOOK_")
 
@@ -284,6 +298,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    credentials: CredentialSettings = Field(default_factory=CredentialSettings)
 
     @field_validator("outbound_allowlist", mode="before")
     @classmethod
@@ -304,6 +319,13 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.runtime.crash_at and self.environment is Environment.PRODUCTION:
             raise ValueError("RUNTIME_CRASH_AT is fault injection for tests; refused in production")
+        if (
+            self.environment is Environment.PRODUCTION
+            and self.credentials.encryption_key.get_secret_value() == DEV_CREDENTIALS_KEY
+        ):
+            raise ValueError(
+                "CREDENTIALS_ENCRYPTION_KEY is the development key; set a key of your own"
+            )
         if self.environment is Environment.DEVELOPMENT:
             return self
         if self.auth.jwt_algorithm == "HS256":

@@ -9,6 +9,7 @@ import signal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.agents import service as agents_service
+from app.credentials.service import CredentialCipher
 from app.db import models as _all_models  # noqa: F401  (every table known to the ORM)
 from app.db.engine import create_engine, create_session_factory
 from app.llm.pricing import PriceTable
@@ -56,6 +57,7 @@ def build_pool(
         webhooks=WebhookDispatcher(settings.webhooks, settings.outbound_allowlist),
         retention=settings.retention,
         prices=PriceTable(settings.llm.prices),
+        credential_cipher=CredentialCipher(settings.credentials.encryption_key.get_secret_value()),
     )
     return pool, engine
 

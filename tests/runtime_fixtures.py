@@ -51,6 +51,7 @@ async def start_pool(context: AppContext) -> AsyncIterator[PoolFactory]:
             tools=context.tools,
             redis_url=context.redis_url,
             webhooks=webhooks,
+            credential_cipher=context.credential_cipher,
         )
         stop = asyncio.Event()
         running.append((stop, asyncio.create_task(pool.run(stop))))

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.api.auth import TokenVerifier
 from app.api.rate_limit import RateLimiter
+from app.credentials.service import CredentialCipher
 from app.llm.providers import ModelResolver
 from app.sessions.feed import SessionFeedHub
 from app.settings import Settings
@@ -30,3 +31,4 @@ class AppContext:
     tools: ToolRegistry
     models: ModelResolver
     feed: SessionFeedHub
+    credential_cipher: CredentialCipher

@@ -2,6 +2,7 @@
 
 from app.agents import models as agents_models
 from app.api import models as api_models
+from app.credentials import models as credentials_models
 from app.db.base import Base
 from app.hitl import models as hitl_models
 from app.memory import models as memory_models
@@ -16,6 +17,7 @@ __all__ = [
     "Base",
     "agents_models",
     "api_models",
+    "credentials_models",
     "demo_models",
     "hitl_models",
     "memory_models",

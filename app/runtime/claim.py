@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.agents.schemas import AgentDefinition
+from app.credentials.service import CredentialCipher
 from app.llm.pricing import PriceTable
 from app.llm.providers import ModelResolver
 from app.runtime.faults import CrashPoints
@@ -37,6 +38,7 @@ class RunDeps:
     deltas: Callable[[str], DeltaForwarder] | None = None
     # Stateful policy limits (calls per window, amounts); None: limits fail closed.
     redis: Redis | None = None
+    credential_cipher: CredentialCipher | None = None  # None: tools get no stored credential
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 
+from app.credentials import service as credentials
 from app.hitl.service import arguments_hash, decided_for, request_approval
 from app.llm.budget import TenantBudgetExceeded, estimate_input_tokens
 from app.llm.gateway import ModelCallFailed
@@ -380,6 +381,7 @@ class SessionRun:
             tool_use_id=record.tool_use_id,
             session_factory=self.deps.session_factory,
             idempotency_key=f"{self.claimed.session_id}:{record.tool_use_id}",
+            secrets=await self._credentials_for(spec),
         )
         outcome = await executor.execute(spec, record.arguments, context)
         self.deps.crash_points.reached("after_tool_effect", record.tool)
@@ -397,6 +399,21 @@ class SessionRun:
         self.deps.crash_points.reached("after_tool_record", record.tool)
         self.detector.add(Call.of(record.tool, record.arguments, outcome.is_error))
         return settled
+
+    async def _credentials_for(self, spec: ToolSpec) -> dict[str, str]:
+        """The agent's stored credential for the tool, read now: a rotation or revocation
+        applies from the next call. Only the executor sees it."""
+        cipher = self.deps.credential_cipher
+        if not spec.accepts_credential or cipher is None:
+            return {}
+        secret = await credentials.resolve(
+            self.deps.store.pool,
+            cipher,
+            tenant_id=self.claimed.tenant_id,
+            agent=self.claimed.definition.name,
+            tool=spec.name,
+        )
+        return {} if secret is None else {"credential": secret}
 
     async def _record_result(self, record: ToolCallRecord, duration_ms: float) -> None:
         # The event carries a short preview; the whole result is in the tool-call ledger.

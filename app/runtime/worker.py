@@ -28,6 +28,7 @@ import asyncpg
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.credentials.service import CredentialCipher
 from app.hitl.expiry import expire_due, next_expiry_at
 from app.hitl.service import APPROVALS_CHANNEL
 from app.llm.pricing import PriceTable
@@ -73,6 +74,7 @@ class WorkerPool:
         webhooks: WebhookDispatcher | None = None,
         retention: RetentionSettings | None = None,
         prices: PriceTable | None = None,
+        credential_cipher: CredentialCipher | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -96,6 +98,7 @@ class WorkerPool:
         self.webhooks = webhooks
         self.retention = retention
         self.prices = prices or PriceTable()
+        self.credential_cipher = credential_cipher
         # Followers of a session (SSE, long-polls) hear of new events through Redis.
         self._redis = (
             None
@@ -125,6 +128,7 @@ class WorkerPool:
             prices=self.prices,
             deltas=None if self._redis is None else self._delta_forwarder,
             redis=self._redis,
+            credential_cipher=self.credential_cipher,
         )
         background = [
             asyncio.create_task(self._listen(), name="worker-listen"),

@@ -199,6 +199,9 @@ def http_executor(
             raise TransientToolError(exc.detail) from None
         body = json.dumps(arguments, separators=(",", ":"), ensure_ascii=False).encode()
         headers = await _headers(target, body, secret_ref, context.idempotency_key)
+        credential = context.secrets.get("credential")
+        if credential:  # the calling agent's own credential for this tool
+            headers["Authorization"] = f"Bearer {credential}"
         # No client-side timeout: the executor owns the deadline, and a timeout it sees is
         # reported as "unknown" for a non-idempotent tool rather than as a plain failure.
         async with httpx.AsyncClient(
@@ -224,6 +227,7 @@ def spec_from_definition(
     `tls_verify` trusts a private CA (None: the default bundle)."""
     definition = row.definition
     return ToolSpec(
+        accepts_credential=True,
         name=row.name,
         description=str(definition["description"]),
         input_schema=dict(definition["input_schema"]),

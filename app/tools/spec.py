@@ -54,6 +54,9 @@ class ToolSpec:
     retry: RetryPolicy = RetryPolicy()
     max_output_bytes: int = 16_384
     trusted: bool = False
+    # Calls carry the calling agent's stored credential for this tool, if it has one
+    # (`context.secrets["credential"]`; HTTP tools send it as a bearer token).
+    accepts_credential: bool = False
     compensation: str | None = None
     builtin: bool = True
 

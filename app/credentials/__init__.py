@@ -1,0 +1,1 @@
+"""Tool credentials per agent and tool: encrypted at rest, injected only into the executor."""
