@@ -11,12 +11,14 @@ their own pool, API routes the raw connection under their SQLAlchemy transaction
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
+from app.observability.audit import canonical_json, clean_payload
 from app.sessions.events import NOTIFY_CHANNEL, state_event
 from app.sessions.states import SessionStatus, sources_of
 
@@ -113,7 +115,11 @@ WITH old AS (
                        'awaiting_approval', 'awaiting_input')
       AND COALESCE(s.webhook_url, t.webhook_url) IS NOT NULL
 )
-SELECT old_status, event_seq, pg_notify($10, session_id || ':' || $2::text) FROM changed
+SELECT old_status, event_seq, pg_notify($10, session_id || ':' || $2::text),
+       -- the change on the session's audit chain, in this statement (no round trip)
+       audit_append(ARRAY[tenant_id], ARRAY[session_id], ARRAY[$11::text],
+                    ARRAY['session.status'], ARRAY[$12::text], ARRAY[$13::text])
+FROM changed
 """
 
 # Re-queue running sessions whose lease has expired (their worker died or stalled).
@@ -168,6 +174,7 @@ async def change(
     delay_seconds: float = 0.0,
     detail: dict[str, Any] | None = None,
     from_statuses: list[str] | None = None,
+    actor: str = "platform",
 ) -> Changed | None:
     """Move `session_id` to `to`; None if it was not in an allowed status (or, with `epoch`,
     if the caller's lease is no longer current — the fenced-out case)."""
@@ -175,6 +182,7 @@ async def change(
     data = {"status": to.value, **(detail or {})}
     if error is not None:
         data["error"] = error
+    audited = canonical_json(clean_payload(data))
     row = await conn.fetchrow(
         _CHANGE,
         session_id,
@@ -187,6 +195,9 @@ async def change(
         delay_seconds,
         json.dumps(data),
         NOTIFY_CHANNEL,
+        actor,
+        hashlib.sha256(audited.encode()).hexdigest(),
+        audited,
     )
     if row is None:
         return None
