@@ -29,7 +29,7 @@ from app.hitl.schemas import Gate
 from app.policy import limits
 from app.policy.decision import PolicyDecision, Reservation
 from app.policy.engine import evaluate
-from app.policy.rules import Decision
+from app.policy.rules import Decision, PolicySpec
 from app.tools.spec import SideEffect, ToolSpec
 
 ESCALATE_TOOL = "escalate_to_human"
@@ -180,13 +180,20 @@ class Guard:
             return Ruling("awaiting_approval", gate.reason, decision, gate)
         return await self._with_limits(tool, arguments, decision, approved=False)
 
-    async def rule_approved(self, tool: str, arguments: dict[str, Any]) -> Ruling:
+    async def rule_approved(
+        self, tool: str, arguments: dict[str, Any], current_policy: PolicySpec | None = None
+    ) -> Ruling:
         """The ruling at execution of a call a reviewer approved (with these arguments):
-        the rules again (a deny wins), and the limits (deny limits still bind)."""
+        the rules again — the session's version of the policy and the agent's current one,
+        so a deny added after the approval still wins — and the limits (deny limits bind)."""
         if tool not in self.tools:
             decision = PolicyDecision(Decision.DENY, tool, f"`{tool}` is no longer available")
             return Ruling("denied", decision.reason, decision)
         decision = self.evaluate(tool, arguments)
+        if current_policy is not None and decision.decision is not Decision.DENY:
+            current = evaluate(current_policy, tool, self.tools[tool].side_effect, arguments)
+            if current.decision is Decision.DENY:
+                decision = current
         if decision.decision is Decision.DENY:
             return Ruling("denied", f"denied by policy at execution: {decision.reason}", decision)
         return await self._with_limits(tool, arguments, decision, approved=True)

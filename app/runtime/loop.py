@@ -33,6 +33,7 @@ from app.observability.audit import AuditAction, AuditRecord
 from app.observability.logging import session_id_var
 from app.policy.injection import InjectionFlag, scan
 from app.policy.limits import CallScope
+from app.policy.rules import PolicySpec
 from app.runtime.claim import Claimed, Lease, RunDeps, SessionEnded
 from app.runtime.conversation import Conversation, rebuild, tool_result_block
 from app.runtime.guard import Guard, Ruling, Taint, model_tools
@@ -67,6 +68,15 @@ COMPACTION_PROMPT = (
 )
 COMPACTION_MAX_TOKENS = 2048
 COMPACTION_INPUT_CHARS = 400_000
+
+
+# The agent's policy as it is now (its tenant's agent, else the platform-wide one).
+_CURRENT_POLICY = """
+SELECT (v.definition -> 'policy')::text FROM agents a
+JOIN agent_versions v ON v.agent_id = a.agent_id AND v.version = a.latest_version
+WHERE a.name = $1 AND (a.tenant_id = $2 OR a.tenant_id IS NULL)
+ORDER BY a.tenant_id NULLS LAST LIMIT 1
+"""
 
 
 class _DecidedAlready(Exception):
@@ -661,6 +671,10 @@ class SessionRun:
         assert self.guard is not None
         async with self.deps.store.pool.acquire() as connection:
             decided = await decided_for(connection, self.claimed.session_id)
+            current = await connection.fetchval(
+                _CURRENT_POLICY, self.claimed.definition.name, self.claimed.tenant_id
+            )
+        current_policy = None if current is None else PolicySpec.model_validate_json(current)
         approved: list[ToolCallRecord] = []
         refused: list[ToolCallRecord] = []
         pending = False
@@ -678,7 +692,7 @@ class SessionRun:
             elif outcome.arguments_hash != arguments_hash(arguments):
                 reason = "the approved arguments do not match their hash; not run"
             else:
-                ruling = await self.guard.rule_approved(record.tool, arguments)
+                ruling = await self.guard.rule_approved(record.tool, arguments, current_policy)
                 reason = ruling.reason if ruling.status == "denied" else None
             if reason is not None:
                 refused.append(

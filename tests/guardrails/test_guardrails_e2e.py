@@ -243,3 +243,32 @@ async def test_injected_tool_output_is_flagged_audited_and_taints_later_writes(
     actions = await _audit_actions(api, session["id"])
     assert "injection.flagged" in actions
     assert await _refunds(context, session["id"]) == []  # the write waits for a reviewer
+
+
+async def test_a_deny_added_after_the_approval_still_wins_at_execution(
+    api: Api, start_pool: PoolFactory, context: AppContext, make_token: TokenFactory
+) -> None:
+    definition: dict[str, Any] = {
+        "name": "changing",
+        "tools": ["refund_order"],
+        "gates": {"refund_order": {"type": "approval"}},
+        **script({"tool_use": [call("refund_order", order_id="ord_1004", amount=30)]}),
+    }
+    await api.create_agent(**definition, policy={"rules": [{"tool": ".*", "decision": "allow"}]})
+    await start_pool(2)
+    session = await api.start("changing", "refund")
+    await _wait_status(api, session["id"], "awaiting_approval")
+    # Meanwhile an admin shuts refunds off (a new version; the session runs on the old one).
+    await api.create_agent(**definition, policy={"rules": [
+        {"tool": "refund_order", "decision": "deny", "reason": "refunds suspended"}]})  # fmt: skip
+    reviewer = _reviewer(api, make_token)
+    approval = await _approval_for(api, session["id"], reviewer)
+    decided = await api.http.post(
+        f"/v1/approvals/{approval['id']}/decision", json={"decision": "approve"}, headers=reviewer
+    )
+    assert decided.status_code == 200, decided.text
+    done = await api.wait(session["id"])
+    assert done["status"] == "completed", done
+    [refund] = await api.tool_calls(session["id"])
+    assert refund["status"] == "denied" and "refunds suspended" in refund["error"]
+    assert await _refunds(context, session["id"]) == []

@@ -83,9 +83,15 @@ async def test_sigkill_at_each_point_then_another_worker_completes(
     tmp_path: Path,
 ) -> None:
     crashing = _spawn(
-        workers, database_url, redis_url, tmp_path,
-        extra_env={"RUNTIME_CRASH_AT": f"{point}:refund_order", "RUNTIME_CRASH_ONCE_FILE": str(tmp_path / "crashed")},
-    )  # fmt: skip
+        workers,
+        database_url,
+        redis_url,
+        tmp_path,
+        extra_env={
+            "RUNTIME_CRASH_AT": f"{point}:refund_order",
+            "RUNTIME_CRASH_ONCE_FILE": str(tmp_path / "crashed"),
+        },
+    )
     session = await api.start("support", {"order_id": "ord_1004", "amount": 12.5})
     assert await _wait_dead(crashing) == -signal.SIGKILL
     assert (tmp_path / "crashed").exists()
@@ -99,6 +105,14 @@ async def test_sigkill_at_each_point_then_another_worker_completes(
     assert ledger["refund_order"]["status"] == refund_status
     assert ledger["refund_order"]["attempts"] <= 1
     assert ledger["lookup_order"]["status"] == "succeeded"
+    # Every tool call has exactly one audit row, crash or not.
+    audited = await api.http.get(
+        "/v1/audit",
+        params={"session_id": session["id"], "action": "tool.call", "limit": 100},
+        headers=api.headers,
+    )
+    calls = [item["payload"]["tool_use_id"] for item in audited.json()["items"]]
+    assert sorted(calls) == sorted(c["tool_call_id"] for c in ledger.values())
     events = await api.events(session["id"])
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert sum(e["type"] == "session.completed" for e in events) == 1
@@ -121,9 +135,15 @@ async def test_idempotent_tool_is_re_run_after_a_crash(
     tmp_path: Path,
 ) -> None:
     crashing = _spawn(
-        workers, database_url, redis_url, tmp_path,
-        extra_env={"RUNTIME_CRASH_AT": "after_tool_effect:lookup_order", "RUNTIME_CRASH_ONCE_FILE": str(tmp_path / "crashed")},
-    )  # fmt: skip
+        workers,
+        database_url,
+        redis_url,
+        tmp_path,
+        extra_env={
+            "RUNTIME_CRASH_AT": "after_tool_effect:lookup_order",
+            "RUNTIME_CRASH_ONCE_FILE": str(tmp_path / "crashed"),
+        },
+    )
     session = await api.start("support", {"order_id": "ord_1006", "amount": 2})
     await _wait_dead(crashing)
     _spawn(workers, database_url, redis_url, tmp_path)
@@ -147,11 +167,16 @@ async def test_worker_paused_past_its_lease_writes_nothing_after_takeover(
         name="slow-refund",
         tools=["refund_order"],
         **script(
-            {"text": "thinking hard", "delay_ms": 1500,
-             "tool_use": [{"name": "refund_order", "input": {"order_id": "ord_1008", "amount": 3}}]},
+            {
+                "text": "thinking hard",
+                "delay_ms": 1500,
+                "tool_use": [
+                    {"name": "refund_order", "input": {"order_id": "ord_1008", "amount": 3}}
+                ],
+            },
             {"text": "done"},
         ),
-    )  # fmt: skip
+    )
     first = _spawn(workers, database_url, redis_url, tmp_path)
     session = await api.start("slow-refund", "go")
     await api.wait(session["id"], until=("running",))
@@ -182,10 +207,15 @@ async def test_a_worker_killed_between_approval_and_execution_runs_the_call_exac
     make_token: TokenFactory,
 ) -> None:
     crashing = _spawn(
-        workers, database_url, redis_url, tmp_path,
-        extra_env={"RUNTIME_CRASH_AT": "before_approved_tool:refund_order",
-                   "RUNTIME_CRASH_ONCE_FILE": str(tmp_path / "crashed")},
-    )  # fmt: skip
+        workers,
+        database_url,
+        redis_url,
+        tmp_path,
+        extra_env={
+            "RUNTIME_CRASH_AT": "before_approved_tool:refund_order",
+            "RUNTIME_CRASH_ONCE_FILE": str(tmp_path / "crashed"),
+        },
+    )
     # The demo agent's policy sends refunds over $100 to a reviewer.
     session = await api.start("support", {"order_id": "ord_1004", "amount": 250})
     await api.wait(session["id"], until=("awaiting_approval",), within_seconds=30)
