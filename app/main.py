@@ -23,6 +23,7 @@ from app.api.routes import (
     me,
     sessions,
     tools,
+    usage,
     webhooks,
 )
 from app.credentials.service import CredentialCipher
@@ -138,4 +139,5 @@ def create_app(
     app.include_router(approvals.router)
     app.include_router(audit.router)
     app.include_router(credentials.router)
+    app.include_router(usage.router)
     return app

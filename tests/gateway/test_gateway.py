@@ -338,6 +338,13 @@ async def test_budget_exhaustion_ends_the_session_with_its_code_and_no_further_c
     assert len(fake_anthropic.requests) == 1  # the second call would not fit: never made
     assert done["usage"]["input_tokens"] == 900 and done["usage"]["output_tokens"] == 200
     assert Decimal(str(done["usage"]["cost_usd"])) == Decimal("0.0057")  # 900·3 + 200·15 per M
+    # Per call (the stored event), and summed per agent and tenant.
+    [turn] = [e for e in await api.events(session["id"]) if e["type"] == "model.response"]
+    assert Decimal(turn["data"]["cost_usd"]) == Decimal("0.0057")
+    report = (await api.http.get("/v1/usage", headers=api.headers)).json()
+    [agent] = [a for a in report["agents"] if a["agent"] == "budgeted"]
+    assert Decimal(str(agent["cost_usd"])) == Decimal("0.0057") and agent["input_tokens"] == 900
+    assert Decimal(str(report["tenant"]["cost_usd"])) >= Decimal("0.0057")
 
 
 async def test_an_overloaded_provider_parks_the_session_with_a_back_off_not_a_failure(
