@@ -334,7 +334,8 @@ class SessionRun:
         call_cost = self._cost(response)
         cost = call_cost + pending_cost
         audits = [self._model_call_audit(response, call_cost), *(audits or [])]
-        async with self.deps.store.pool.acquire() as connection, connection.transaction():
+
+        async def record(connection: asyncpg.Connection | None) -> None:
             self.claimed.turns = await self.deps.store.record_model_response(
                 self.claimed.session_id,
                 self.lease.epoch,
@@ -346,9 +347,15 @@ class SessionRun:
                 connection=connection,
                 audits=audits,
             )
-            for call, ruling in gated or []:
-                await self._request_approval(connection, call, ruling, response, conversation)
-        self.deps.store.announce(self.claimed.session_id)
+
+        if not gated:  # one statement: the response, its calls, their rulings, the audit
+            await record(None)
+        else:
+            async with self.deps.store.pool.acquire() as connection, connection.transaction():
+                await record(connection)
+                for call, ruling in gated:
+                    await self._request_approval(connection, call, ruling, response, conversation)
+            self.deps.store.announce(self.claimed.session_id)
         self.claimed.input_tokens += _input_tokens(usage) + pending_in
         self.claimed.output_tokens += usage.output_tokens + pending_out
         self.claimed.cost_usd += cost

@@ -88,8 +88,23 @@ WITH s AS (
 SELECT event_seq FROM s
 """
 
+
 # A reviewer approved a parked call: it is `started` now, with the approved arguments
 # (fenced; only from awaiting_approval, so it can start once).
+def _audited(statement: str, final: str, first: int) -> str:
+    """`statement` whose final SELECT also appends audit entries (`audit_append`, the six
+    arrays from `audit.append_arguments` at $first…): one statement, no extra round trip,
+    and nothing audited when the fenced write matched nothing."""
+    assert statement.rstrip().endswith(final)
+    arrays = ", ".join(f"${first + i}::text[]" for i in range(6))
+    return statement.rstrip()[: -len(final)] + final.replace(
+        " FROM s", f", audit_append({arrays}) FROM s"
+    )
+
+
+_RECORD_RESPONSE_AUDITED = _audited(_RECORD_RESPONSE, "SELECT event_seq, turns FROM s", 8)
+_RECORD_TOOL_RESULT_AUDITED = _audited(_RECORD_TOOL_RESULT, "SELECT event_seq FROM s", 9)
+
 _START_APPROVED = """
 UPDATE tool_calls c SET status = 'started', arguments = $4::jsonb
 FROM sessions s
@@ -194,21 +209,15 @@ class RuntimeStore:
         audits: Sequence[audit.AuditRecord] = (),
     ) -> int:
         """Persist a model response and its tool calls; returns the session's turn count."""
-        args = (
+        args: tuple[Any, ...] = (
             session_id, epoch, _dumps(response), input_tokens, output_tokens, cost_usd,
             _dumps([call.as_json() for call in calls]),
         )  # fmt: skip
-        if connection is not None:
-            row = await connection.fetchrow(_RECORD_RESPONSE, *args)
-            if row is not None:
-                await audit.append(connection, audits)
-        elif audits:
-            async with self.pool.acquire() as own, own.transaction():
-                row = await own.fetchrow(_RECORD_RESPONSE, *args)
-                if row is not None:
-                    await audit.append(own, audits)
-        else:
-            row = await self.pool.fetchrow(_RECORD_RESPONSE, *args)
+        statement = _RECORD_RESPONSE
+        if audits:
+            statement, args = _RECORD_RESPONSE_AUDITED, (*args, *audit.append_arguments(audits))
+        executor = connection if connection is not None else self.pool
+        row = await executor.fetchrow(statement, *args)
         if row is None:
             raise LeaseLost(session_id)
         if connection is None:
@@ -237,17 +246,14 @@ class RuntimeStore:
         event: dict[str, Any],
         audits: Sequence[audit.AuditRecord] = (),
     ) -> None:
-        args = (
+        args: tuple[Any, ...] = (
             session_id, epoch, tool_use_id, status,
             None if result is None else _dumps(result), error, attempts, _dumps(event),
         )  # fmt: skip
+        statement = _RECORD_TOOL_RESULT
         if audits:
-            async with self.pool.acquire() as connection, connection.transaction():
-                row = await connection.fetchrow(_RECORD_TOOL_RESULT, *args)
-                if row is not None:
-                    await audit.append(connection, audits)
-        else:
-            row = await self.pool.fetchrow(_RECORD_TOOL_RESULT, *args)
+            statement, args = _RECORD_TOOL_RESULT_AUDITED, (*args, *audit.append_arguments(audits))
+        row = await self.pool.fetchrow(statement, *args)
         if row is None:
             raise LeaseLost(session_id)
         self.announce(session_id)
