@@ -319,13 +319,6 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.runtime.crash_at and self.environment is Environment.PRODUCTION:
             raise ValueError("RUNTIME_CRASH_AT is fault injection for tests; refused in production")
-        if (
-            self.environment is Environment.PRODUCTION
-            and self.credentials.encryption_key.get_secret_value() == DEV_CREDENTIALS_KEY
-        ):
-            raise ValueError(
-                "CREDENTIALS_ENCRYPTION_KEY is the development key; set a key of your own"
-            )
         if self.environment is Environment.DEVELOPMENT:
             return self
         if self.auth.jwt_algorithm == "HS256":
@@ -337,6 +330,13 @@ class Settings(BaseSettings):
                 )
         elif not (self.auth.jwt_public_key or self.auth.jwks_url):
             raise ValueError("AUTH_JWT_ALGORITHM=RS256 needs AUTH_JWT_PUBLIC_KEY or AUTH_JWKS_URL")
+        if (
+            self.environment is Environment.PRODUCTION
+            and self.credentials.encryption_key.get_secret_value() == DEV_CREDENTIALS_KEY
+        ):
+            raise ValueError(
+                "CREDENTIALS_ENCRYPTION_KEY is the development key; set a key of your own"
+            )
         return self
 
     @property

@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from cryptography.fernet import Fernet
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from app.settings import AuthSettings, Environment, Settings
+from app.settings import AuthSettings, CredentialSettings, Environment, Settings
 from tests.conftest import PROJECT_ROOT
 
 
@@ -38,7 +39,17 @@ def test_placeholder_jwt_secret_is_refused_outside_development(environment: Envi
         Settings(environment=environment, auth=AuthSettings())
     with pytest.raises(ValidationError, match="AUTH_JWT_SECRET"):
         Settings(environment=environment, auth=AuthSettings(jwt_secret="short"))
-    Settings(environment=environment, auth=AuthSettings(jwt_secret="x" * 40))
+    Settings(
+        environment=environment,
+        auth=AuthSettings(jwt_secret="x" * 40),
+        credentials=CredentialSettings(encryption_key=Fernet.generate_key().decode()),
+    )
+
+
+def test_the_development_credentials_key_is_refused_in_production() -> None:
+    with pytest.raises(ValidationError, match="CREDENTIALS_ENCRYPTION_KEY"):
+        Settings(environment=Environment.PRODUCTION, auth=AuthSettings(jwt_secret="x" * 40))
+    Settings(environment=Environment.TEST, auth=AuthSettings(jwt_secret="x" * 40))
 
 
 def test_development_accepts_the_placeholder() -> None:
