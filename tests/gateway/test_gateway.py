@@ -357,9 +357,10 @@ async def test_an_overloaded_provider_parks_the_session_with_a_back_off_not_a_fa
     await api.create_agent(name="overloaded", model=PRIMARY)
     await start_pool(2, models=gateway_models)
     session = await api.start("overloaded", "hi")
-    for _ in range(100):
+    for _ in range(200):
         events = await api.events(session["id"])
-        if any(e["data"].get("kind") == "model_backoff" for e in events):
+        noted = any(e["data"].get("kind") == "model_backoff" for e in events)
+        if noted and events[-1]["type"] == "session.queued":
             break
         await asyncio.sleep(0.05)
     current = await api.get(session["id"])
