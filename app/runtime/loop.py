@@ -827,6 +827,7 @@ class SessionRun:
                     output_tokens=usage.output_tokens + pending_out,
                     cost_usd=call_cost + pending_cost,
                     connection=connection,
+                    audits=[self._model_call_audit(response, call_cost)],
                 )
             queued = await transitions.take_pending_inputs(
                 connection, self.claimed.session_id, self.lease.epoch

@@ -140,6 +140,7 @@ async def test_refund_over_the_limit_waits_for_a_reviewer_who_modifies_it_and_it
     assert again.status_code == 409
     actions = await _audit_actions(api, session["id"])
     assert actions.count("tool.call") == 1 and "approval.decided" in actions
+    assert actions.count("model.call") == 2  # the refund turn and the final answer
     # Parked, re-queued by the decision, completed: each change is on the session's chain.
     assert actions.count("session.status") >= 3
     assert (await api.http.get("/v1/audit/verify", headers=api.headers)).json()["ok"] is True
