@@ -22,10 +22,24 @@ from app.observability.audit import canonical_json, clean_payload
 from app.sessions.events import NOTIFY_CHANNEL, state_event
 from app.sessions.states import SessionStatus, sources_of
 
+
 # Claim up to $3 queued sessions whose tenant is under its running cap: priority first,
 # then the tenant with the fewest running sessions (so one tenant's flood does not starve
 # another), then age. The inner SELECT locks candidates with SKIP LOCKED; the window keeps
 # a batch from taking a tenant past its cap.
+def _audit_status(tenant: str, session: str, actor: str, payload: str) -> str:
+    """SQL appending a `session.status` audit entry (the payload: canonical JSON text, as
+    `audit.canonical_json` writes it) in the statement that makes the change."""
+    return (
+        f"audit_append(ARRAY[{tenant}], ARRAY[{session}], ARRAY[{actor}], "
+        f"ARRAY['session.status'], "
+        f"ARRAY[encode(sha256(convert_to({payload}, 'UTF8')), 'hex')], ARRAY[{payload}])"
+        " AS audited"
+    )
+
+
+_QUEUED_PAYLOAD = """'{"status":"queued"}'"""
+
 _CLAIM = f"""
 WITH locked AS (
     SELECT s.session_id, s.tenant_id, s.priority, s.run_after, s.created_at,
@@ -61,8 +75,12 @@ WITH locked AS (
            jsonb_build_object('status', 'running', 'attempt', lease_epoch)
     FROM claimed
 )
-SELECT claimed.*, v.definition AS agent_definition
-FROM claimed LEFT JOIN agent_versions v
+SELECT claimed.*, v.definition AS agent_definition,
+       {_audit_status("claimed.tenant_id", "claimed.session_id", "'worker:' || $1", "p.payload")}
+FROM claimed
+CROSS JOIN LATERAL (SELECT '{{"attempt":' || claimed.lease_epoch || ',"status":"running"}}'
+                    AS payload) p
+LEFT JOIN agent_versions v
   ON v.agent_id = claimed.agent_id AND v.version = claimed.agent_version
 """
 
@@ -123,7 +141,7 @@ FROM changed
 """
 
 # Re-queue running sessions whose lease has expired (their worker died or stalled).
-_REQUEUE_EXPIRED = """
+_REQUEUE_EXPIRED = f"""
 WITH expired AS (
     SELECT session_id, tenant_id FROM sessions
     WHERE status = 'running' AND lease_expires_at < now()
@@ -145,7 +163,11 @@ WITH expired AS (
            jsonb_build_object('status', 'queued', 'reason', 'lease_expired', 'attempt', lease_epoch)
     FROM requeued
 )
-SELECT session_id, pg_notify($2, session_id || ':queued') FROM requeued
+SELECT session_id, pg_notify($2, session_id || ':queued'),
+       {_audit_status("tenant_id", "session_id", "'reaper'", "p.payload")}
+FROM requeued
+CROSS JOIN LATERAL (SELECT '{{"attempt":' || lease_epoch
+                           || ',"reason":"lease_expired","status":"queued"}}' AS payload) p
 """
 
 
@@ -226,7 +248,9 @@ WITH s AS (
     INSERT INTO session_events (session_id, seq, type, data)
     SELECT session_id, 1, '{state_event(SessionStatus.QUEUED)}', '{{"status": "queued"}}'::jsonb FROM s
 )
-SELECT s.*, pg_notify('{NOTIFY_CHANNEL}', s.session_id || ':queued') AS notified FROM s
+SELECT s.*, pg_notify('{NOTIFY_CHANNEL}', s.session_id || ':queued') AS notified,
+       {_audit_status("s.tenant_id", "s.session_id", "'user:' || coalesce(s.created_by, 'unknown')", _QUEUED_PAYLOAD)}
+FROM s
 """
 
 

@@ -113,6 +113,13 @@ async def test_sigkill_at_each_point_then_another_worker_completes(
     )
     calls = [item["payload"]["tool_use_id"] for item in audited.json()["items"]]
     assert sorted(calls) == sorted(c["tool_call_id"] for c in ledger.values())
+    changes = await api.http.get(
+        "/v1/audit",
+        params={"session_id": session["id"], "action": "session.status"},
+        headers=api.headers,
+    )
+    reaped = [i for i in changes.json()["items"] if i["payload"].get("reason") == "lease_expired"]
+    assert len(reaped) == 1 and reaped[0]["actor"] == "reaper"
     events = await api.events(session["id"])
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert sum(e["type"] == "session.completed" for e in events) == 1
