@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from datetime import datetime
 
 import httpx
-from common import ROOT, bench_database, machine, pct, wait_ready
+from common import bench_database, machine, pct, service_env, start_cli, wait_ready
 
 from app.api.auth import mint_token
 from app.settings import Settings
@@ -110,27 +107,11 @@ def main(args: argparse.Namespace) -> None:
         f"# approvals benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {machine()}"
     )
     with bench_database(settings) as (database_url, redis_url):
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "LOG_LEVEL": "WARNING",
-            "RATE_LIMIT_PER_TENANT": "100000000/minute",
-            "RATE_LIMIT_PER_SUBJECT": "100000000/minute",
-        }
+        env = service_env(database_url, redis_url)
         port = 8767
         processes = [
-            subprocess.Popen(
-                [sys.executable, "-m", "app.cli", *command],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=open(f"/tmp/bench-approvals-{command[0]}.log", "wb"),  # noqa: SIM115
-            )
-            for command in (
-                ["serve", "--port", str(port), "--workers", "0"],
-                ["worker", "--concurrency", "16"],
-            )
+            start_cli("approvals-api", ["serve", "--port", str(port), "--workers", "0"], env),
+            start_cli("approvals-worker", ["worker", "--concurrency", "16"], env),
         ]
         try:
             base_url = f"http://127.0.0.1:{port}"

@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from datetime import datetime
 
@@ -28,7 +25,7 @@ import httpx
 import psutil
 import uvicorn
 import uvloop
-from common import ROOT, bench_database, connect, machine, pct, wait_ready
+from common import bench_database, connect, machine, pct, service_env, start_cli, wait_ready
 from starlette.responses import PlainTextResponse
 
 from app.api.auth import mint_token
@@ -177,30 +174,10 @@ def main(args: argparse.Namespace) -> None:
         f"# delivery benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {machine()}"
     )
     with bench_database(settings) as (database_url, redis_url):
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "LOG_LEVEL": "WARNING",
-            "RATE_LIMIT_PER_TENANT": "100000000/minute",
-            "RATE_LIMIT_PER_SUBJECT": "100000000/minute",
-            "TENANT_DEFAULT_MAX_RUNNING_SESSIONS": "0",
-        }
+        env = service_env(database_url, redis_url, TENANT_DEFAULT_MAX_RUNNING_SESSIONS="0")
         port = 8766
-        api = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "0"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open("/tmp/bench-delivery-api.log", "wb"),  # noqa: SIM115
-        )
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--concurrency", "250"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open("/tmp/bench-delivery-worker.log", "wb"),  # noqa: SIM115
-        )
+        api = start_cli("delivery-api", ["serve", "--port", str(port), "--workers", "0"], env)
+        worker = start_cli("delivery-worker", ["worker", "--concurrency", "250"], env)
         try:
             wait_ready(f"http://127.0.0.1:{port}/readyz")
             token = mint_token(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -125,3 +126,29 @@ def wait_ready(url: str, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.2)
     sys.exit(f"server at {url} did not become ready")
+
+
+def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of an API or worker process a benchmark starts: the bench database,
+    quiet logs, rate limits out of reach."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "LOG_LEVEL": "WARNING",
+        "RATE_LIMIT_PER_TENANT": "100000000/minute",
+        "RATE_LIMIT_PER_SUBJECT": "100000000/minute",
+        **extra,
+    }
+
+
+def start_cli(name: str, arguments: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`agent-platform ARGUMENTS` in a process of its own; stderr in /tmp/bench-NAME.log."""
+    with open(f"/tmp/bench-{name}.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *arguments],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import json
 import logging
-from dataclasses import replace
 
 from redis.asyncio import Redis
 
@@ -86,7 +85,3 @@ class ResponseCache:
         except Exception as exc:
             metrics.REDIS_FALLBACKS.labels(feature="llm_cache").inc()
             logger.debug("could not store a cached response: %r", exc)
-
-
-def as_hit(response: ModelResponse) -> ModelResponse:
-    return replace(response, usage=TokenUsage(), cached=True)

@@ -117,13 +117,15 @@ class ProviderGateway:
                 return hit
         reservation = None
         if self.budgets.enabled:
-            estimate = estimate_input_tokens(request) + request.max_tokens
+            input_tokens = estimate_input_tokens(request)
             price = self.prices.price(request.model)
-            cost = (
-                estimate_input_tokens(request) * price.input + request.max_tokens * price.output
-            ) / Decimal(1_000_000)
+            cost = (input_tokens * price.input + request.max_tokens * price.output) / Decimal(
+                1_000_000
+            )
             try:
-                reservation = await self.budgets.reserve(request.tenant_id, estimate, cost)
+                reservation = await self.budgets.reserve(
+                    request.tenant_id, input_tokens + request.max_tokens, cost
+                )
             except BudgetUnavailable as exc:
                 raise ModelCallFailed("budget_unavailable", str(exc), transient=True) from exc
         response: ModelResponse | None = None
