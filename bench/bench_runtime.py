@@ -231,6 +231,22 @@ def start_workers(
     ]
 
 
+async def wait_for_listening_workers(conn: Any, processes: int, within_seconds: float = 60) -> None:
+    """Until every worker process listens for wake-ups (its last LISTEN is done), so the
+    wall times below do not include the workers' start-up."""
+    deadline = time.monotonic() + within_seconds
+    while time.monotonic() < deadline:
+        listening = await conn.fetchval(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND query = 'LISTEN "agent_approvals"'"""
+        )
+        if listening >= processes:
+            await asyncio.sleep(0.5)  # their first (empty) claims
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{processes} workers did not start within {within_seconds} s")
+
+
 def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
     for worker in workers:
         worker.terminate()
@@ -251,7 +267,7 @@ async def phase_batch(
     completions = Completions()
     await listener.add_listener("agent_sessions", completions.on_notify)
     writer = await connect(database_url)
-    await asyncio.sleep(3.0)  # workers up and idle, listening
+    await wait_for_listening_workers(writer, processes)
     prefix = f"b{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
     await writer.execute(_ENQUEUE_MANY, prefix, TENANT, *agent, n)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from app.llm.anthropic_provider import PROVIDER, CallProgress, Failure, classify
 from app.llm.budget import BudgetUnavailable, TenantBudgets, estimate_input_tokens
 from app.llm.cache import ResponseCache
-from app.llm.model import ModelRequest, ModelResponse, TokenUsage
+from app.llm.model import ModelCallFailed, ModelRequest, ModelResponse, TokenUsage
 from app.llm.pricing import PriceTable
 from app.observability import metrics
 
@@ -48,16 +48,6 @@ class Breaker(Protocol):
     async def record_failure(self, permit: Any) -> None: ...
     async def release(self, permit: Any) -> None: ...
     async def flush(self) -> None: ...  # wait for reports sent in the background
-
-
-class ModelCallFailed(Exception):
-    """No model of the chain answered. `transient`: worth trying again later (overload,
-    outage, open circuits, budget check unavailable); otherwise the request itself is bad."""
-
-    def __init__(self, code: str, message: str, *, transient: bool) -> None:
-        super().__init__(message)
-        self.code = code
-        self.transient = transient
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,13 @@ class Model(Protocol):
 
 class ModelUnavailable(Exception):
     """No provider can serve the requested model (configuration, not a transient failure)."""
+
+
+class ModelCallFailed(Exception):
+    """No model of the chain answered. `transient`: worth trying again later (overload,
+    outage, open circuits, budget check unavailable); otherwise the request itself is bad."""
+
+    def __init__(self, code: str, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.transient = transient

@@ -9,20 +9,18 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
 from app.agents.schemas import AgentDefinition
-from app.llm.anthropic_provider import AnthropicModel, make_client
-from app.llm.breaker import BreakerConfig, CircuitBreaker, CircuitOpen
-from app.llm.budget import TenantBudgets
-from app.llm.cache import ResponseCache
-from app.llm.gateway import ProviderGateway, RetryPolicy
 from app.llm.model import Model, ModelUnavailable
 from app.llm.offline import OfflineModel
-from app.llm.pricing import PriceTable
 from app.redis_client import create_redis
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.llm.gateway import ProviderGateway
 
 
 class ModelResolver:
@@ -68,6 +66,15 @@ class ModelResolver:
 
 
 def build_gateway(settings: Settings, redis: Redis) -> ProviderGateway:
+    # Imported here: the anthropic SDK takes ~2 s to import, which a process without an
+    # API key (offline models only) should not pay at start-up.
+    from app.llm.anthropic_provider import AnthropicModel, make_client
+    from app.llm.breaker import BreakerConfig, CircuitBreaker, CircuitOpen
+    from app.llm.budget import TenantBudgets
+    from app.llm.cache import ResponseCache
+    from app.llm.gateway import ProviderGateway, RetryPolicy
+    from app.llm.pricing import PriceTable
+
     llm = settings.llm
     breaker = CircuitBreaker(
         redis,

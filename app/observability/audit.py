@@ -240,6 +240,158 @@ async def append(db: Database, entries: Sequence[AuditRecord]) -> list[int]:
     return ids
 
 
+# --- Linked by the lease holder ----------------------------------------------------------
+# A worker holding a session's lease links that session's entries itself: it knows the
+# chain's head (the claim returns it, `audit_chain_head()`), hashes here and writes plain
+# INSERTs inside the statement of the step they record — no function call, no head read.
+# The statement takes the chain's advisory lock (the one `audit_append()` takes) after the
+# session's row lock and before its INSERTs, so appends of other processes (a reviewer's
+# decision, an approval's expiry) serialise with it; if one came first, the head known here
+# is stale and the unique (tenant, session, chain_seq) index refuses the rows: the caller
+# reads the head again (`read_chain_head`) and retries. A fork cannot be committed.
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The last entry of a session's chain: its `chain_seq` and `entry_hash`."""
+
+    seq: int
+    hash: str
+
+    @classmethod
+    def parse(cls, text: str) -> ChainHead:
+        """From `audit_chain_head()`'s `<chain_seq>:<entry_hash>`."""
+        seq, _, entry = text.partition(":")
+        return cls(int(seq), entry)
+
+
+CHAIN_LOCK_SQL = (
+    "pg_advisory_xact_lock(hashtextextended('audit:' || {tenant} || ':' || {session}, 0))"
+)
+_READ_HEAD = "SELECT audit_chain_head($1, $2, 0)"
+_CHAIN_CONSTRAINT = "uq_audit_log_tenant_id_session_id_chain_seq"
+
+
+def linked_insert_ctes(source: str, tenant: str, session: str, first: int) -> str:
+    """Two CTEs (`audit_rows`, `audit_payload_rows`) writing entries linked by
+    `linked_arguments` (its eight parameters from `$first`), one row per row of `source`
+    (a fenced CTE yielding one row, or none: then nothing is written). `tenant`, `session`:
+    SQL for the chain's ids."""
+    p = [f"${first + i}" for i in range(8)]
+    return f"""audit_rows AS (
+    INSERT INTO audit_log (tenant_id, session_id, chain_seq, actor, action, payload_hash,
+                           prev_hash, entry_hash, created_at)
+    SELECT {tenant}, {session}, x.seq, x.actor, x.action, x.payload_hash, x.prev_hash,
+           x.entry_hash, {p[7]}::timestamptz
+    FROM {source}, unnest({p[0]}::bigint[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[],
+                          {p[4]}::text[], {p[5]}::text[])
+         AS x(seq, actor, action, payload_hash, prev_hash, entry_hash)
+    RETURNING audit_id, entry_hash
+), audit_payload_rows AS (
+    INSERT INTO audit_payloads (audit_id, payload)
+    SELECT r.audit_id, p.payload::jsonb
+    FROM audit_rows r JOIN unnest({p[5]}::text[], {p[6]}::text[]) AS p(entry_hash, payload)
+      ON p.entry_hash = r.entry_hash
+)"""
+
+
+def linked_arguments(
+    entries: Sequence[AuditRecord], head: ChainHead, at: datetime
+) -> tuple[list[Any], ChainHead]:
+    """The eight parameters of `linked_insert_ctes` for `entries` (all on one session's
+    chain) appended after `head` at `at`, and the chain's head after them."""
+    seqs: list[int] = []
+    actors: list[str] = []
+    actions: list[str] = []
+    payload_hashes: list[str] = []
+    prev_hashes: list[str] = []
+    entry_hashes: list[str] = []
+    payloads: list[str] = []
+    seq, prev = head.seq, head.hash
+    for entry in entries:
+        text = canonical_json(clean_payload(entry.payload))
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        seq += 1
+        linked = entry_hash(
+            tenant_id=entry.tenant_id, session_id=entry.session_id, chain_seq=seq,
+            actor=entry.actor, action=entry.action.value, created_at=at,
+            payload_hash=digest, prev_hash=prev,
+        )  # fmt: skip
+        seqs.append(seq)
+        actors.append(entry.actor)
+        actions.append(entry.action.value)
+        payload_hashes.append(digest)
+        prev_hashes.append(prev)
+        entry_hashes.append(linked)
+        payloads.append(text)
+        prev = linked
+    arguments = [seqs, actors, actions, payload_hashes, prev_hashes, entry_hashes, payloads, at]
+    return arguments, ChainHead(seq, prev)
+
+
+def is_chain_conflict(exc: BaseException) -> bool:
+    """`exc` is the unique index refusing a stale head's entries (read it again, retry)."""
+    return (
+        isinstance(exc, asyncpg.UniqueViolationError)
+        and getattr(exc, "constraint_name", None) == _CHAIN_CONSTRAINT
+    )
+
+
+async def read_chain_head(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, session_id: str
+) -> ChainHead:
+    return ChainHead.parse(await conn.fetchval(_READ_HEAD, tenant_id, session_id))
+
+
+@dataclass
+class SessionChain:
+    """A session's chain as the worker holding its lease knows it (`head` None: unknown,
+    read before linking)."""
+
+    tenant_id: str
+    session_id: str
+    head: ChainHead | None = None
+
+    def holds(self, entries: Sequence[AuditRecord]) -> bool:
+        return all(
+            e.tenant_id == self.tenant_id and e.session_id == self.session_id for e in entries
+        )
+
+
+# A stale head (someone else appended since) costs one retry; more means contention that
+# should not happen under a lease.
+_CHAIN_ATTEMPTS = 5
+
+
+async def write_linked(
+    pool: asyncpg.Pool,
+    statement: str,
+    args: Sequence[Any],
+    entries: Sequence[AuditRecord],
+    chain: SessionChain,
+) -> asyncpg.Record | None:
+    """Run `statement` (built with `linked_insert_ctes`, its parameters after `args`) on its
+    own with `entries` linked after the chain's head; its row, or None when its fenced write
+    matched nothing. The head moves when it matched; a stale head is read again and the
+    statement retried (it wrote nothing)."""
+    at = datetime.now(UTC)
+    for attempt in range(_CHAIN_ATTEMPTS):
+        if chain.head is None:
+            chain.head = await read_chain_head(pool, chain.tenant_id, chain.session_id)
+        arguments, head = linked_arguments(entries, chain.head, at)
+        try:
+            row: asyncpg.Record | None = await pool.fetchrow(statement, *args, *arguments)
+        except asyncpg.UniqueViolationError as exc:
+            if not is_chain_conflict(exc) or attempt == _CHAIN_ATTEMPTS - 1:
+                raise
+            chain.head = None
+            continue
+        if row is not None:
+            chain.head = head
+        return row
+    raise AssertionError("unreachable")
+
+
 # --- Erase -----------------------------------------------------------------------------------
 
 _ERASE_PAYLOADS = """

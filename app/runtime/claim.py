@@ -18,6 +18,7 @@ from app.agents.schemas import AgentDefinition
 from app.credentials.service import CredentialCipher
 from app.llm.pricing import PriceTable
 from app.llm.providers import ModelResolver
+from app.observability.audit import ChainHead
 from app.runtime.faults import CrashPoints
 from app.runtime.store import RuntimeStore
 from app.sessions.feed import DeltaForwarder
@@ -74,6 +75,7 @@ class Claimed:
     # First claim of a session never run before: its log holds only `queued` and `running`.
     fresh: bool = False
     created_by: str = ""  # the subject who started it (limits per subject; no self-approval)
+    audit_head: ChainHead | None = None  # its audit chain's head after the claim's entry
 
     @classmethod
     def from_row(cls, row: Any) -> Claimed:
@@ -92,4 +94,5 @@ class Claimed:
             cancel_requested=row["cancel_requested_at"] is not None,
             fresh=row["event_seq"] == 2 and row["turns"] == 0,
             created_by=row["created_by"] or "",
+            audit_head=ChainHead.parse(row["audit_head"]) if row["audit_head"] else None,
         )

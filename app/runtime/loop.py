@@ -24,9 +24,8 @@ from typing import Any
 import asyncpg
 
 from app.llm.budget import TenantBudgetExceeded, estimate_input_tokens
-from app.llm.gateway import ModelCallFailed
-from app.llm.model import ModelRequest, ModelResponse, ModelUnavailable, TokenUsage
-from app.observability.audit import AuditAction, AuditRecord
+from app.llm.model import ModelCallFailed, ModelRequest, ModelResponse, ModelUnavailable, TokenUsage
+from app.observability.audit import AuditAction, AuditRecord, SessionChain
 from app.observability.logging import session_id_var
 from app.policy.limits import CallScope
 from app.runtime.claim import Claimed, Lease, RunDeps, SessionEnded
@@ -83,6 +82,12 @@ class SessionRun(GuardrailSteps):
     taint: Taint = field(default_factory=Taint)
     # Usage of responses not persisted themselves (cut-off retries), added to the next one.
     _pending_usage: tuple[int, int, Decimal] = (0, 0, Decimal(0))
+    chain: SessionChain = field(init=False)  # its audit chain, linked here under the lease
+
+    def __post_init__(self) -> None:
+        self.chain = SessionChain(
+            self.claimed.tenant_id, self.claimed.session_id, self.claimed.audit_head
+        )
 
     # -- control from the pool ----------------------------------------------------------
 
@@ -329,6 +334,7 @@ class SessionRun(GuardrailSteps):
                 cost_usd=cost,
                 connection=connection,
                 audits=audits,
+                chain=self.chain,
             )
 
         if not gated:  # one statement: the response, its calls, their rulings, the audit
@@ -448,6 +454,7 @@ class SessionRun(GuardrailSteps):
             attempts=record.attempts,
             event=event,
             audits=audits,
+            chain=self.chain,
         )
 
     async def _settle_interrupted(self, conversation: Conversation) -> None:

@@ -89,12 +89,11 @@ SELECT event_seq FROM s
 """
 
 
-# A reviewer approved a parked call: it is `started` now, with the approved arguments
-# (fenced; only from awaiting_approval, so it can start once).
 def _audited(statement: str, final: str, first: int) -> str:
     """`statement` whose final SELECT also appends audit entries (`audit_append`, the six
     arrays from `audit.append_arguments` at $first…): one statement, no extra round trip,
-    and nothing audited when the fenced write matched nothing."""
+    and nothing audited when the fenced write matched nothing. For steps inside a larger
+    transaction (a conflict there could not be retried on its own)."""
     assert statement.rstrip().endswith(final)
     arrays = ", ".join(f"${first + i}::text[]" for i in range(6))
     return statement.rstrip()[: -len(final)] + final.replace(
@@ -102,9 +101,28 @@ def _audited(statement: str, final: str, first: int) -> str:
     )
 
 
-_RECORD_RESPONSE_AUDITED = _audited(_RECORD_RESPONSE, "SELECT event_seq, turns FROM s", 8)
-_RECORD_TOOL_RESULT_AUDITED = _audited(_RECORD_TOOL_RESULT, "SELECT event_seq FROM s", 9)
+def _linked(statement: str, returning: str, final: str, first: int) -> str:
+    """`statement` that also writes audit entries linked by this worker
+    (`audit.linked_arguments` at $first…): the fenced UPDATE takes the chain's lock once it
+    holds the session row, and the entries are plain INSERTs gated by it."""
+    assert statement.count(returning) == 1 and statement.rstrip().endswith(final)
+    lock = audit.CHAIN_LOCK_SQL.format(tenant="tenant_id", session="session_id")
+    statement = statement.replace(returning, f"{returning}, tenant_id, {lock} AS chain_locked")
+    ctes = audit.linked_insert_ctes("s", "s.tenant_id", "$1", first)
+    return statement.rstrip()[: -len(final)].rstrip() + f", {ctes}\n{final}"
 
+
+_RECORD_RESPONSE_AUDITED = _audited(_RECORD_RESPONSE, "SELECT event_seq, turns FROM s", 8)
+_RECORD_RESPONSE_LINKED = _linked(
+    _RECORD_RESPONSE, "RETURNING event_seq, turns", "SELECT event_seq, turns FROM s", 8
+)
+_RECORD_TOOL_RESULT_AUDITED = _audited(_RECORD_TOOL_RESULT, "SELECT event_seq FROM s", 9)
+_RECORD_TOOL_RESULT_LINKED = _linked(
+    _RECORD_TOOL_RESULT, "RETURNING event_seq", "SELECT event_seq FROM s", 9
+)
+
+# A reviewer approved a parked call: it is `started` now, with the approved arguments
+# (fenced; only from awaiting_approval, so it can start once).
 _START_APPROVED = """
 UPDATE tool_calls c SET status = 'started', arguments = $4::jsonb
 FROM sessions s
@@ -207,22 +225,44 @@ class RuntimeStore:
         cost_usd: Decimal,
         connection: asyncpg.Connection | None = None,
         audits: Sequence[audit.AuditRecord] = (),
+        chain: audit.SessionChain | None = None,
     ) -> int:
         """Persist a model response and its tool calls; returns the session's turn count."""
         args: tuple[Any, ...] = (
             session_id, epoch, _dumps(response), input_tokens, output_tokens, cost_usd,
             _dumps([call.as_json() for call in calls]),
         )  # fmt: skip
-        statement = _RECORD_RESPONSE
-        if audits:
-            statement, args = _RECORD_RESPONSE_AUDITED, (*args, *audit.append_arguments(audits))
-        executor = connection if connection is not None else self.pool
-        row = await executor.fetchrow(statement, *args)
+        row = await self._write_step(
+            (_RECORD_RESPONSE, _RECORD_RESPONSE_AUDITED, _RECORD_RESPONSE_LINKED),
+            args, audits, chain, connection,
+        )  # fmt: skip
         if row is None:
             raise LeaseLost(session_id)
         if connection is None:
             self.announce(session_id)
         return int(row["turns"])
+
+    async def _write_step(
+        self,
+        statements: tuple[str, str, str],
+        args: tuple[Any, ...],
+        audits: Sequence[audit.AuditRecord],
+        chain: audit.SessionChain | None,
+        connection: asyncpg.Connection | None,
+    ) -> asyncpg.Record | None:
+        """Run a step's statement (bare, audited by `audit_append()`, or with entries linked
+        here: `statements` in that order); its row, None when the fence matched nothing.
+        Linked needs the session's chain and a statement of its own (a conflict with a stale
+        head is retried, which a larger transaction could not do)."""
+        bare, audited, linked = statements
+        executor = connection if connection is not None else self.pool
+        if not audits:
+            return await executor.fetchrow(bare, *args)
+        if connection is not None or chain is None or not chain.holds(audits):
+            if chain is not None:
+                chain.head = None  # audit_append() may move it
+            return await executor.fetchrow(audited, *args, *audit.append_arguments(audits))
+        return await audit.write_linked(self.pool, linked, args, audits, chain)
 
     async def start_approved_call(
         self, session_id: str, epoch: int, tool_use_id: str, arguments: dict[str, Any]
@@ -245,15 +285,16 @@ class RuntimeStore:
         attempts: int,
         event: dict[str, Any],
         audits: Sequence[audit.AuditRecord] = (),
+        chain: audit.SessionChain | None = None,
     ) -> None:
         args: tuple[Any, ...] = (
             session_id, epoch, tool_use_id, status,
             None if result is None else _dumps(result), error, attempts, _dumps(event),
         )  # fmt: skip
-        statement = _RECORD_TOOL_RESULT
-        if audits:
-            statement, args = _RECORD_TOOL_RESULT_AUDITED, (*args, *audit.append_arguments(audits))
-        row = await self.pool.fetchrow(statement, *args)
+        row = await self._write_step(
+            (_RECORD_TOOL_RESULT, _RECORD_TOOL_RESULT_AUDITED, _RECORD_TOOL_RESULT_LINKED),
+            args, audits, chain, None,
+        )  # fmt: skip
         if row is None:
             raise LeaseLost(session_id)
         self.announce(session_id)

@@ -76,10 +76,14 @@ WITH locked AS (
     FROM claimed
 )
 SELECT claimed.*, v.definition AS agent_definition,
-       {_audit_status("claimed.tenant_id", "claimed.session_id", "'worker:' || $1", "p.payload")}
+       -- the chain's head after this entry: the worker links the run's entries itself
+       audit_chain_head(claimed.tenant_id, claimed.session_id, a.audited) AS audit_head
 FROM claimed
 CROSS JOIN LATERAL (SELECT '{{"attempt":' || claimed.lease_epoch || ',"status":"running"}}'
                     AS payload) p
+CROSS JOIN LATERAL (
+    SELECT {_audit_status("claimed.tenant_id", "claimed.session_id", "'worker:' || $1", "p.payload")}
+) a
 LEFT JOIN agent_versions v
   ON v.agent_id = claimed.agent_id AND v.version = claimed.agent_version
 """

@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 from app.llm.budget import TenantBudgetExceeded
 from app.llm.fake_anthropic import FakeAnthropicServer
 from app.llm.fake_anthropic.script import Fail, Reply, ToolUse
-from app.llm.gateway import ModelCallFailed, ProviderGateway
-from app.llm.model import ModelRequest
+from app.llm.gateway import ProviderGateway
+from app.llm.model import ModelCallFailed, ModelRequest
 from app.llm.providers import ModelResolver, build_gateway
 from app.settings import AnthropicSettings, LlmSettings, Settings
 from tests.conftest import make_settings
