@@ -582,7 +582,10 @@ class SessionRun(GuardrailSteps):
     ) -> bool:
         """The final answer of this run: persist it (if not yet) and complete the session —
         unless input was queued behind the run, which becomes the next user turn (the run
-        goes on; nothing is interleaved). One transaction, one commit."""
+        goes on; nothing is interleaved). One transaction, one commit; commonly one
+        statement."""
+        if response is not None and await self._complete_at_once(response, result):
+            raise SessionEnded
         async with self.deps.store.pool.acquire() as connection, connection.transaction():
             if response is not None:
                 pending_in, pending_out, pending_cost = self._take_pending_usage()
@@ -627,6 +630,28 @@ class SessionRun(GuardrailSteps):
         for session_input in queued:
             conversation.add_user_input(session_input)
         return False
+
+    async def _complete_at_once(self, response: ModelResponse, result: Any) -> bool:
+        """The final response and the completion in one statement; False (nothing written)
+        when input is queued behind the run or the lease is gone."""
+        pending_in, pending_out, pending_cost = self._pending_usage
+        call_cost = self._cost(response)
+        changed = await transitions.complete_with_response(
+            self.deps.store.pool,
+            self.chain,
+            epoch=self.lease.epoch,
+            response=self._response_json(response, call_cost),
+            input_tokens=_input_tokens(response.usage) + pending_in,
+            output_tokens=response.usage.output_tokens + pending_out,
+            cost_usd=call_cost + pending_cost,
+            result=result,
+            model_call=self._model_call_audit(response, call_cost),
+        )
+        if changed is None:
+            return False
+        self._take_pending_usage()
+        self.deps.store.announce(self.claimed.session_id)
+        return True
 
     # -- safe points, limits, endings -----------------------------------------------------
 

@@ -14,11 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
-from app.observability.audit import canonical_json, clean_payload
+from app.observability.audit import (
+    CHAIN_LOCK_SQL,
+    AuditAction,
+    AuditRecord,
+    SessionChain,
+    canonical_json,
+    clean_payload,
+    linked_insert_ctes,
+    write_linked,
+)
 from app.sessions.events import NOTIFY_CHANNEL, state_event
 from app.sessions.states import SessionStatus, sources_of
 
@@ -88,9 +98,31 @@ LEFT JOIN agent_versions v
   ON v.agent_id = claimed.agent_id AND v.version = claimed.agent_version
 """
 
+
+def _outbox(changed: str, status: str) -> str:
+    """SQL writing the webhook of each session in the CTE `changed` (its rows as the change
+    left them) that has a webhook URL (its own or its tenant's); `status`: SQL for the new
+    status. Callers add conditions (`AND ...`)."""
+    return f"""INSERT INTO webhook_outbox (delivery_id, tenant_id, session_id, event_type, url, payload)
+    SELECT 'whd_' || replace(gen_random_uuid()::text, '-', ''), c.tenant_id, c.session_id,
+           'session.' || {status}, COALESCE(c.webhook_url, t.webhook_url),
+           jsonb_build_object(
+               'type', 'session.' || {status},
+               'timestamp', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+               'data', jsonb_build_object('session', jsonb_build_object(
+                   'id', c.session_id, 'agent', c.agent_name, 'agent_version', c.agent_version,
+                   'status', {status}, 'result', c.result, 'error', c.error,
+                   'turns', c.turns, 'metadata', c.metadata,
+                   'usage', jsonb_build_object('input_tokens', c.input_tokens,
+                                               'output_tokens', c.output_tokens,
+                                               'cost_usd', c.cost_usd))))
+    FROM {changed} c JOIN tenants t ON t.tenant_id = c.tenant_id
+    WHERE COALESCE(c.webhook_url, t.webhook_url) IS NOT NULL"""
+
+
 # Move one session to $2 if its status is one of $3 (and, when $4 is not null, only while
 # the caller's lease epoch $4 still holds). Leaving `running` frees a tenant slot.
-_CHANGE = """
+_CHANGE = f"""
 WITH old AS (
     SELECT session_id, tenant_id, status FROM sessions
     WHERE session_id = $1 AND status = ANY($3::text[]) AND ($4::bigint IS NULL OR lease_epoch = $4)
@@ -107,7 +139,7 @@ WITH old AS (
         cancel_requested_at = CASE WHEN $2::text = 'cancelled' THEN COALESCE(s.cancel_requested_at, now())
                                    ELSE s.cancel_requested_at END
     FROM old WHERE s.session_id = old.session_id
-    RETURNING s.session_id, s.tenant_id, s.event_seq, old.status AS old_status
+    RETURNING s.*, old.status AS old_status
 ), freed AS (
     UPDATE tenants t SET running_sessions = GREATEST(t.running_sessions - 1, 0)
     FROM changed WHERE t.tenant_id = changed.tenant_id AND changed.old_status = 'running'
@@ -116,26 +148,9 @@ WITH old AS (
     SELECT session_id, event_seq, 'session.' || $2::text, $9::jsonb FROM changed
 ), outboxed AS (
     -- The webhook of a finished or waiting session, in the same transaction as the change.
-    INSERT INTO webhook_outbox (delivery_id, tenant_id, session_id, event_type, url, payload)
-    SELECT 'whd_' || replace(gen_random_uuid()::text, '-', ''), s.tenant_id, s.session_id,
-           'session.' || $2::text, COALESCE(s.webhook_url, t.webhook_url),
-           jsonb_build_object(
-               'type', 'session.' || $2::text,
-               'timestamp', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'data', jsonb_build_object('session', jsonb_build_object(
-                   'id', s.session_id, 'agent', s.agent_name, 'agent_version', s.agent_version,
-                   'status', $2::text, 'result', COALESCE($5::jsonb, s.result),
-                   'error', CASE WHEN $7 THEN $6::jsonb ELSE s.error END,
-                   'turns', s.turns, 'metadata', s.metadata,
-                   'usage', jsonb_build_object('input_tokens', s.input_tokens,
-                                               'output_tokens', s.output_tokens,
-                                               'cost_usd', s.cost_usd))))
-    FROM changed c
-    JOIN sessions s ON s.session_id = c.session_id
-    JOIN tenants t ON t.tenant_id = s.tenant_id
-    WHERE $2::text IN ('completed', 'failed', 'cancelled', 'timed_out',
+    {_outbox("changed", "$2::text")}
+      AND $2::text IN ('completed', 'failed', 'cancelled', 'timed_out',
                        'awaiting_approval', 'awaiting_input')
-      AND COALESCE(s.webhook_url, t.webhook_url) IS NOT NULL
 )
 SELECT old_status, event_seq, pg_notify($10, session_id || ':' || $2::text),
        -- the change on the session's audit chain, in this statement (no round trip)
@@ -143,6 +158,36 @@ SELECT old_status, event_seq, pg_notify($10, session_id || ':' || $2::text),
                     ARRAY['session.status'], ARRAY[$12::text], ARRAY[$13::text])
 FROM changed
 """
+
+# The final answer and the completion in one statement (the common ending of a run): the
+# model response ($3, usage $4-$6) becomes the next event, `session.completed` ($8, result
+# $7) the one after — fenced by the lease ($2), and only while no input is queued behind
+# the run (then the caller continues the run instead). The audit entries (the model call and
+# the status change) are linked by the worker (`audit.linked_insert_ctes`, from $9).
+_COMPLETE_WITH_RESPONSE = f"""
+WITH s AS (
+    UPDATE sessions
+    SET status = 'completed', event_seq = event_seq + 2, turns = turns + 1,
+        input_tokens = input_tokens + $4, output_tokens = output_tokens + $5,
+        cost_usd = cost_usd + $6, result = $7::jsonb, updated_at = now(), finished_at = now(),
+        worker_id = NULL, lease_expires_at = NULL
+    WHERE session_id = $1 AND lease_epoch = $2 AND status = 'running'
+      AND pending_inputs = '[]'::jsonb
+    RETURNING *, {CHAIN_LOCK_SQL.format(tenant="tenant_id", session="session_id")} AS chain_locked
+), freed AS (
+    UPDATE tenants t SET running_sessions = GREATEST(t.running_sessions - 1, 0)
+    FROM s WHERE t.tenant_id = s.tenant_id
+), logged AS (
+    INSERT INTO session_events (session_id, seq, type, data)
+    SELECT $1, s.event_seq - 1, 'model.response', $3::jsonb FROM s
+    UNION ALL
+    SELECT $1, s.event_seq, '{state_event(SessionStatus.COMPLETED)}', $8::jsonb FROM s
+), outboxed AS (
+    {_outbox("s", "'completed'")}
+), {linked_insert_ctes("s", "s.tenant_id", "$1", 9)}
+SELECT event_seq, pg_notify('{NOTIFY_CHANNEL}', $1 || ':completed') FROM s
+"""
+
 
 # Re-queue running sessions whose lease has expired (their worker died or stalled).
 _REQUEUE_EXPIRED = f"""
@@ -228,6 +273,35 @@ async def change(
     if row is None:
         return None
     return Changed(SessionStatus(row["old_status"]), row["event_seq"])
+
+
+async def complete_with_response(
+    pool: asyncpg.Pool,
+    chain: SessionChain,
+    *,
+    epoch: int,
+    response: dict[str, Any],
+    input_tokens: int,
+    output_tokens: int,
+    cost_usd: Decimal,
+    result: Any,
+    model_call: AuditRecord,
+) -> Changed | None:
+    """Record the run's final model response and complete the session, in one statement
+    and one commit; None if the lease is gone or input is queued behind the run (the
+    caller then looks which, and goes on)."""
+    data = {"status": SessionStatus.COMPLETED.value}
+    status_entry = AuditRecord(
+        chain.tenant_id, chain.session_id, "platform", AuditAction.SESSION_STATUS, data
+    )
+    args = (
+        chain.session_id, epoch, json.dumps(response, default=str, separators=(",", ":")),
+        input_tokens, output_tokens, cost_usd, json.dumps(result), json.dumps(data),
+    )  # fmt: skip
+    row = await write_linked(pool, _COMPLETE_WITH_RESPONSE, args, [model_call, status_entry], chain)
+    if row is None:
+        return None
+    return Changed(SessionStatus.RUNNING, row["event_seq"])
 
 
 async def requeue_expired(conn: asyncpg.Connection, limit: int = 100) -> list[str]:
