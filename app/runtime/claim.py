@@ -3,6 +3,7 @@ dependencies a run needs."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -25,6 +26,17 @@ from app.sessions.feed import DeltaForwarder
 from app.tools.registry import ToolRegistry
 
 LEASE_SAFETY_MARGIN_SECONDS = 1.0
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_definition(agent_id: str, version: int, text: str | None) -> AgentDefinition:
+    return AgentDefinition.model_validate(json.loads(text) if text else {})
+
+
+def _definition(agent_id: str, version: int, text: str | None) -> AgentDefinition:
+    """An agent version's definition, validated once per process (versions never change).
+    A copy: a run may not change what other runs share."""
+    return _parsed_definition(agent_id, version, text).model_copy()
 
 
 @dataclass(frozen=True)
@@ -79,13 +91,12 @@ class Claimed:
 
     @classmethod
     def from_row(cls, row: Any) -> Claimed:
-        definition = json.loads(row["agent_definition"]) if row["agent_definition"] else {}
         return cls(
             session_id=row["session_id"],
             tenant_id=row["tenant_id"],
             epoch=row["lease_epoch"],
             input=json.loads(row["input"]) if row["input"] is not None else None,
-            definition=AgentDefinition.model_validate(definition),
+            definition=_definition(row["agent_id"], row["agent_version"], row["agent_definition"]),
             turns=row["turns"],
             input_tokens=row["input_tokens"],
             output_tokens=row["output_tokens"],

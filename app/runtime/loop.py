@@ -133,10 +133,14 @@ class SessionRun(GuardrailSteps):
     async def _run(self) -> None:
         definition = self.claimed.definition
         self.detector, self.taint = LoopDetector(), Taint()
-        async with self.deps.session_factory() as db:
-            self.tools = await self.deps.tools.for_tenant(
-                db, self.claimed.tenant_id, definition.tools
-            )
+        builtins = self.deps.tools.builtins_of(definition.tools)
+        if builtins is not None:
+            self.tools = builtins
+        else:
+            async with self.deps.session_factory() as db:
+                self.tools = await self.deps.tools.for_tenant(
+                    db, self.claimed.tenant_id, definition.tools
+                )
         events: list[tuple[str, dict[str, Any]]] = []
         ledger: dict[str, ToolCallRecord] = {}
         if not self.claimed.fresh:  # a fresh session has no history: skip the queries

@@ -45,9 +45,10 @@ class Session(Base):
             "status IN (" + ", ".join(f"'{s}'" for s in SESSION_STATUSES) + ")",
             name="status_valid",
         ),
-        # The claim query walks this index: queued sessions by priority, then age.
+        # The claim query walks this index: each tenant's queued sessions by priority, then age.
         Index(
             "ix_sessions_claimable",
+            "tenant_id",
             text("priority DESC"),
             "run_after",
             "created_at",

@@ -33,10 +33,6 @@ from app.sessions.events import NOTIFY_CHANNEL, state_event
 from app.sessions.states import SessionStatus, sources_of
 
 
-# Claim up to $3 queued sessions whose tenant is under its running cap: priority first,
-# then the tenant with the fewest running sessions (so one tenant's flood does not starve
-# another), then age. The inner SELECT locks candidates with SKIP LOCKED; the window keeps
-# a batch from taking a tenant past its cap.
 def _audit_status(tenant: str, session: str, actor: str, payload: str) -> str:
     """SQL appending a `session.status` audit entry (the payload: canonical JSON text, as
     `audit.canonical_json` writes it) in the statement that makes the change."""
@@ -50,16 +46,28 @@ def _audit_status(tenant: str, session: str, actor: str, payload: str) -> str:
 
 _QUEUED_PAYLOAD = """'{"status":"queued"}'"""
 
+# Claim up to $3 queued sessions whose tenant is under its running cap: priority first,
+# then the tenant with the fewest running sessions (so one tenant's flood does not starve
+# another), then age. Candidates come tenant by tenant from the index (a few each, locked
+# with SKIP LOCKED), so a claim costs the same with 10 or 10,000 queued; the window keeps a
+# batch from taking a tenant past its cap.
 _CLAIM = f"""
 WITH locked AS (
-    SELECT s.session_id, s.tenant_id, s.priority, s.run_after, s.created_at,
+    SELECT q.session_id, q.tenant_id, q.priority, q.run_after, q.created_at,
            t.running_sessions, t.max_running_sessions
-    FROM sessions s JOIN tenants t ON t.tenant_id = s.tenant_id
-    WHERE s.status = 'queued' AND s.run_after <= now()
-      AND t.running_sessions < t.max_running_sessions
-    ORDER BY s.priority DESC, t.running_sessions, s.run_after, s.created_at
+    FROM tenants t
+    CROSS JOIN LATERAL (
+        -- this tenant's first queued sessions, in index order (ix_sessions_claimable)
+        SELECT s.session_id, s.tenant_id, s.priority, s.run_after, s.created_at
+        FROM sessions s
+        WHERE s.tenant_id = t.tenant_id AND s.status = 'queued' AND s.run_after <= now()
+        ORDER BY s.priority DESC, s.run_after, s.created_at
+        LIMIT LEAST($3, t.max_running_sessions - t.running_sessions)
+        FOR UPDATE OF s SKIP LOCKED
+    ) q
+    WHERE t.running_sessions < t.max_running_sessions
+    ORDER BY q.priority DESC, t.running_sessions, q.run_after, q.created_at
     LIMIT $3 * 4
-    FOR UPDATE OF s SKIP LOCKED
 ), ranked AS (
     SELECT *, row_number() OVER (PARTITION BY tenant_id ORDER BY priority DESC, run_after, created_at) AS nth
     FROM locked

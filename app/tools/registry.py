@@ -31,6 +31,12 @@ class ToolRegistry:
             raise ValueError(f"tool {spec.name} is already registered")
         self._builtins[spec.name] = spec
 
+    def builtins_of(self, names: list[str]) -> dict[str, ToolSpec] | None:
+        """The specs of `names` if all are built-in (no database read needed), else None."""
+        if all(name in self._builtins for name in names):
+            return {name: self._builtins[name] for name in names}
+        return None
+
     async def for_tenant(
         self, db: AsyncSession, tenant_id: str, names: list[str]
     ) -> dict[str, ToolSpec]:
