@@ -276,16 +276,17 @@ def linked_insert_ctes(source: str, tenant: str, session: str, first: int) -> st
     """Two CTEs (`audit_rows`, `audit_payload_rows`) writing entries linked by
     `linked_arguments` (its eight parameters from `$first`), one row per row of `source`
     (a fenced CTE yielding one row, or none: then nothing is written). `tenant`, `session`:
-    SQL for the chain's ids."""
+    SQL for the chain's ids. (Chain positions are the head's + each entry's ordinal: no
+    bigint[] parameter, whose codec asyncpg would look up on every new connection.)"""
     p = [f"${first + i}" for i in range(8)]
     return f"""audit_rows AS (
     INSERT INTO audit_log (tenant_id, session_id, chain_seq, actor, action, payload_hash,
                            prev_hash, entry_hash, created_at)
-    SELECT {tenant}, {session}, x.seq, x.actor, x.action, x.payload_hash, x.prev_hash,
-           x.entry_hash, {p[7]}::timestamptz
-    FROM {source}, unnest({p[0]}::bigint[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[],
-                          {p[4]}::text[], {p[5]}::text[])
-         AS x(seq, actor, action, payload_hash, prev_hash, entry_hash)
+    SELECT {tenant}, {session}, {p[0]}::bigint + x.n, x.actor, x.action, x.payload_hash,
+           x.prev_hash, x.entry_hash, {p[7]}::timestamptz
+    FROM {source}, unnest({p[1]}::text[], {p[2]}::text[], {p[3]}::text[], {p[4]}::text[],
+                          {p[5]}::text[]) WITH ORDINALITY
+         AS x(actor, action, payload_hash, prev_hash, entry_hash, n)
     RETURNING audit_id, entry_hash
 ), audit_payload_rows AS (
     INSERT INTO audit_payloads (audit_id, payload)
@@ -300,7 +301,6 @@ def linked_arguments(
 ) -> tuple[list[Any], ChainHead]:
     """The eight parameters of `linked_insert_ctes` for `entries` (all on one session's
     chain) appended after `head` at `at`, and the chain's head after them."""
-    seqs: list[int] = []
     actors: list[str] = []
     actions: list[str] = []
     payload_hashes: list[str] = []
@@ -317,7 +317,6 @@ def linked_arguments(
             actor=entry.actor, action=entry.action.value, created_at=at,
             payload_hash=digest, prev_hash=prev,
         )  # fmt: skip
-        seqs.append(seq)
         actors.append(entry.actor)
         actions.append(entry.action.value)
         payload_hashes.append(digest)
@@ -325,7 +324,7 @@ def linked_arguments(
         entry_hashes.append(linked)
         payloads.append(text)
         prev = linked
-    arguments = [seqs, actors, actions, payload_hashes, prev_hashes, entry_hashes, payloads, at]
+    arguments = [head.seq, actors, actions, payload_hashes, prev_hashes, entry_hashes, payloads, at]
     return arguments, ChainHead(seq, prev)
 
 

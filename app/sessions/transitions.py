@@ -2,10 +2,12 @@
 
 Each function is one SQL statement (one round trip, atomic): the status change is checked
 against the transition table (`states.ALLOWED`), fenced by the lease epoch when a worker
-makes it, keeps `tenants.running_sessions` in step, appends the `session.<status>` event
+makes it, keeps the tenant's running count in step (claims on `tenants.claimed_sessions`,
+releases on `tenant_released_sessions`), appends the `session.<status>` event
 with the next `seq`, writes the session's webhook to the outbox when it finishes or starts
 waiting (same transaction: never lost, never sent for a change that rolled back), and
-NOTIFYs listeners. They take an asyncpg connection: workers use
+NOTIFYs workers when a session is (re-)queued. Followers hear of every change through
+Redis (`app.sessions.feed`), after the commit. They take an asyncpg connection: workers use
 their own pool, API routes the raw connection under their SQLAlchemy transaction.
 """
 
@@ -52,10 +54,15 @@ _QUEUED_PAYLOAD = """'{"status":"queued"}'"""
 # with SKIP LOCKED), so a claim costs the same with 10 or 10,000 queued; the window keeps a
 # batch from taking a tenant past its cap.
 _CLAIM = f"""
-WITH locked AS (
+WITH tenant_load AS (
+    SELECT t.tenant_id, t.max_running_sessions,
+           t.claimed_sessions - coalesce((SELECT sum(r.released) FROM tenant_released_sessions r
+                                          WHERE r.tenant_id = t.tenant_id), 0) AS running_sessions
+    FROM tenants t
+), locked AS (
     SELECT q.session_id, q.tenant_id, q.priority, q.run_after, q.created_at,
            t.running_sessions, t.max_running_sessions
-    FROM tenants t
+    FROM tenant_load t
     CROSS JOIN LATERAL (
         -- this tenant's first queued sessions, in index order (ix_sessions_claimable)
         SELECT s.session_id, s.tenant_id, s.priority, s.run_after, s.created_at
@@ -77,7 +84,7 @@ WITH locked AS (
     ORDER BY priority DESC, running_sessions + nth, run_after, created_at
     LIMIT $3
 ), counted AS (
-    UPDATE tenants t SET running_sessions = t.running_sessions + c.n
+    UPDATE tenants t SET claimed_sessions = t.claimed_sessions + c.n
     FROM (SELECT tenant_id, count(*) AS n FROM chosen GROUP BY tenant_id) c
     WHERE t.tenant_id = c.tenant_id
 ), claimed AS (
@@ -105,6 +112,21 @@ CROSS JOIN LATERAL (
 LEFT JOIN agent_versions v
   ON v.agent_id = claimed.agent_id AND v.version = claimed.agent_version
 """
+
+
+# A session leaving `running` counts on one of these stripes of its tenant's released count.
+RELEASE_STRIPES = 64
+
+
+def _release(left: str, condition: str = "true") -> str:
+    """SQL giving back the tenant slot of each session in the CTE `left` (with `condition`):
+    the released count's stripe of each session goes up (tenants' running count =
+    `claimed_sessions` - released; migration 0012)."""
+    return f"""INSERT INTO tenant_released_sessions AS r (tenant_id, stripe, released)
+    SELECT tenant_id, hashtext(session_id) & {RELEASE_STRIPES - 1}, count(*)
+    FROM {left} WHERE {condition}
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (tenant_id, stripe) DO UPDATE SET released = r.released + excluded.released"""
 
 
 def _outbox(changed: str, status: str) -> str:
@@ -149,8 +171,7 @@ WITH old AS (
     FROM old WHERE s.session_id = old.session_id
     RETURNING s.*, old.status AS old_status
 ), freed AS (
-    UPDATE tenants t SET running_sessions = GREATEST(t.running_sessions - 1, 0)
-    FROM changed WHERE t.tenant_id = changed.tenant_id AND changed.old_status = 'running'
+    {_release("changed", "old_status = 'running'")}
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
     SELECT session_id, event_seq, 'session.' || $2::text, $9::jsonb FROM changed
@@ -160,7 +181,11 @@ WITH old AS (
       AND $2::text IN ('completed', 'failed', 'cancelled', 'timed_out',
                        'awaiting_approval', 'awaiting_input')
 )
-SELECT old_status, event_seq, pg_notify($10, session_id || ':' || $2::text),
+SELECT old_status, event_seq,
+       -- only a queued session wakes workers; a NOTIFY serialises the commits of every
+       -- transaction that sends one (a lock held through the WAL flush), so no other
+       -- status change sends one
+       CASE WHEN $2::text = 'queued' THEN pg_notify($10, session_id || ':queued') END,
        -- the change on the session's audit chain, in this statement (no round trip)
        audit_append(ARRAY[tenant_id], ARRAY[session_id], ARRAY[$11::text],
                     ARRAY['session.status'], ARRAY[$12::text], ARRAY[$13::text])
@@ -183,8 +208,7 @@ WITH s AS (
       AND pending_inputs = '[]'::jsonb
     RETURNING *, {CHAIN_LOCK_SQL.format(tenant="tenant_id", session="session_id")} AS chain_locked
 ), freed AS (
-    UPDATE tenants t SET running_sessions = GREATEST(t.running_sessions - 1, 0)
-    FROM s WHERE t.tenant_id = s.tenant_id
+    {_release("s")}
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
     SELECT $1, s.event_seq - 1, 'model.response', $3::jsonb FROM s
@@ -193,7 +217,7 @@ WITH s AS (
 ), outboxed AS (
     {_outbox("s", "'completed'")}
 ), {linked_insert_ctes("s", "s.tenant_id", "$1", 9)}
-SELECT event_seq, pg_notify('{NOTIFY_CHANNEL}', $1 || ':completed') FROM s
+SELECT event_seq FROM s
 """
 
 
@@ -211,9 +235,7 @@ WITH expired AS (
     FROM expired WHERE s.session_id = expired.session_id
     RETURNING s.session_id, s.tenant_id, s.event_seq, s.lease_epoch
 ), freed AS (
-    UPDATE tenants t SET running_sessions = GREATEST(t.running_sessions - c.n, 0)
-    FROM (SELECT tenant_id, count(*) AS n FROM requeued GROUP BY tenant_id) c
-    WHERE t.tenant_id = c.tenant_id
+    {_release("requeued")}
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
     SELECT session_id, event_seq, 'session.queued',

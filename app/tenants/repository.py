@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.tenants.models import Tenant
+from app.tenants.models import Tenant, TenantReleasedSessions
 
 
 async def insert_if_missing(db: AsyncSession, tenant_id: str, max_running_sessions: int) -> None:
@@ -20,3 +20,14 @@ async def get(db: AsyncSession, tenant_id: str) -> Tenant | None:
     return (
         await db.execute(select(Tenant).where(Tenant.tenant_id == tenant_id))
     ).scalar_one_or_none()
+
+
+async def running_sessions(db: AsyncSession, tenant_id: str) -> int:
+    """The tenant's sessions in `running`: claimed - released (migration 0012)."""
+    released = (
+        select(func.coalesce(func.sum(TenantReleasedSessions.released), 0))
+        .where(TenantReleasedSessions.tenant_id == tenant_id)
+        .scalar_subquery()
+    )
+    statement = select(Tenant.claimed_sessions - released).where(Tenant.tenant_id == tenant_id)
+    return int((await db.execute(statement)).scalar_one())

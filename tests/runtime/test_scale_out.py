@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import func, select, text
 
 from app.api.context import AppContext
+from app.tenants import repository as tenants_repository
 from app.tools.demo_models import DemoRefund
 from tests.conftest import TokenFactory
 from tests.runtime.processes import WorkerProcess
@@ -120,11 +121,7 @@ async def test_300_sessions_over_3_workers_with_random_sigkills(
                 )
             )
         ).scalar_one()
-        running = (
-            await db.execute(
-                text("SELECT running_sessions FROM tenants WHERE tenant_id = :t"), {"t": api.tenant}
-            )
-        ).scalar_one()
+        running = await tenants_repository.running_sessions(db, api.tenant)
     assert statuses == {"completed": SESSIONS}, statuses
     assert len(terminal_events) == SESSIONS and all(n == 1 for _, n in terminal_events)
     assert gaps == 0
