@@ -4,7 +4,6 @@ input does not validate; the model gets the error)."""
 
 from __future__ import annotations
 
-from app.db.ids import new_id
 from app.llm.model import ModelResponse
 from app.runtime.guard import CONFIDENCE_ARGUMENT, take_confidence
 from app.runtime.store import PlannedCall
@@ -36,7 +35,6 @@ def plan_calls(
                 status, error = "failed", str(exc)
         planned.append(
             PlannedCall(
-                row_id=new_id("tc"),
                 tool_use_id=block["id"],
                 tool=name,
                 arguments=arguments if isinstance(arguments, dict) else {"_invalid": arguments},

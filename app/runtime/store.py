@@ -61,12 +61,12 @@ WITH s AS (
     INSERT INTO session_events (session_id, seq, type, data)
     SELECT $1, s.event_seq, 'model.response', $3::jsonb FROM s
 ), t AS (
-    INSERT INTO tool_calls (tool_call_row_id, session_id, tool_use_id, turn, tool, arguments,
+    INSERT INTO tool_calls (session_id, tool_use_id, turn, tool, arguments,
                             status, attempts, idempotent, error, finished_at)
-    SELECT x.row_id, $1, x.tool_use_id, s.turns, x.tool, x.arguments, x.status, 0,
+    SELECT $1, x.tool_use_id, s.turns, x.tool, x.arguments, x.status, 0,
            x.idempotent, x.error,
            CASE WHEN x.status IN ('started', 'awaiting_approval') THEN NULL ELSE now() END
-    FROM s, jsonb_to_recordset($7::jsonb) AS x(row_id text, tool_use_id text, tool text,
+    FROM s, jsonb_to_recordset($7::jsonb) AS x(tool_use_id text, tool text,
          arguments jsonb, status text, idempotent boolean, error text)
 )
 SELECT event_seq, turns FROM s
@@ -186,7 +186,6 @@ class PlannedCall:
     """A tool call as recorded with its model response: `started` (about to run) or already
     settled without running (`failed` invalid input, `denied` tool not allowed)."""
 
-    row_id: str
     tool_use_id: str
     tool: str
     arguments: dict[str, Any]

@@ -7,7 +7,6 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     ForeignKey,
-    Index,
     Integer,
     String,
     Text,
@@ -52,19 +51,17 @@ class ToolCall(Base):
 
     __tablename__ = "tool_calls"
     __table_args__ = (
-        UniqueConstraint("session_id", "tool_use_id"),
         CheckConstraint(
             "status IN (" + ", ".join(f"'{s}'" for s in TOOL_CALL_STATUSES) + ")",
             name="status_valid",
         ),
-        Index("ix_tool_calls_session_id_turn", "session_id", "turn"),
     )
 
-    tool_call_row_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # Keyed by the session and the model's tool_use id (unique within a session).
     session_id: Mapped[str] = mapped_column(
-        String(40), ForeignKey("sessions.session_id", ondelete="CASCADE"), nullable=False
+        String(40), ForeignKey("sessions.session_id", ondelete="CASCADE"), primary_key=True
     )
-    tool_use_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    tool_use_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     turn: Mapped[int] = mapped_column(Integer, nullable=False)
     tool: Mapped[str] = mapped_column(String(128), nullable=False)
     arguments: Mapped[dict[str, Any]] = mapped_column(nullable=False)
