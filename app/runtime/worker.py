@@ -39,7 +39,7 @@ from app.runtime.loop import SessionRun
 from app.runtime.store import RuntimeStore, asyncpg_dsn, create_pool
 from app.sessions import retention, transitions
 from app.sessions.events import NOTIFY_CHANNEL
-from app.sessions.feed import DeltaForwarder, publish_session_news
+from app.sessions.feed import DeltaForwarder, SessionNews
 from app.settings import RetentionSettings, RuntimeSettings
 from app.tools.registry import ToolRegistry
 from app.webhooks.dispatcher import WebhookDispatcher
@@ -110,7 +110,9 @@ class WorkerPool:
             )
         )
         self._redis_timeout_seconds = redis_timeout_seconds
-        self._publishing: set[asyncio.Task[None]] = set()
+        self._news = (
+            None if self._redis is None else SessionNews(self._redis, redis_timeout_seconds)
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -203,13 +205,8 @@ class WorkerPool:
 
     def _announce(self, session_id: str) -> None:
         """Publish that the session has new events, without waiting for it (best effort)."""
-        if self._redis is None:
-            return
-        task = asyncio.create_task(
-            publish_session_news(self._redis, session_id, self._redis_timeout_seconds)
-        )
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
+        if self._news is not None:
+            self._news.announce(session_id)
 
     def _finished_callback(self, session_id: str) -> Callable[[asyncio.Task[None]], None]:
         def finished(_task: asyncio.Task[None]) -> None:
@@ -242,8 +239,8 @@ class WorkerPool:
         for pool in (self._pool, self._control_pool):
             if pool is not None:
                 await pool.close()
-        if self._publishing:
-            await asyncio.gather(*self._publishing, return_exceptions=True)
+        if self._news is not None:
+            await self._news.flush()
         if self._redis is not None:
             await self._redis.aclose()
         logger.info("worker %s stopped", self.worker_id)

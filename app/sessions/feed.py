@@ -38,13 +38,40 @@ DELTA_CHANNEL = "agent:session-deltas"
 
 
 async def publish_session_news(redis: Redis, session_id: str, timeout_seconds: float) -> None:
-    """Best effort: followers also find events through the hub's safety-net check."""
+    """Best effort: followers also find events through the hub's safety-net check. A
+    message is one session id or several, separated by spaces (`SessionNews`)."""
     try:
         async with asyncio.timeout(timeout_seconds):
             await redis.publish(NEWS_CHANNEL, session_id)
     except Exception as exc:
         metrics.REDIS_FALLBACKS.labels(feature="session_news").inc()
         logger.debug("could not publish session news: %r", exc)
+
+
+class SessionNews:
+    """A worker's news publisher: sessions announced while a publish is in flight go out
+    together in the next message, so a busy worker sends a message per batch, not per
+    committed step (an idle one still publishes each at once). Best effort."""
+
+    def __init__(self, redis: Redis, timeout_seconds: float) -> None:
+        self.redis = redis
+        self.timeout_seconds = timeout_seconds
+        self._pending: dict[str, None] = {}  # ordered set
+        self._sender: asyncio.Task[None] | None = None
+
+    def announce(self, session_id: str) -> None:
+        self._pending[session_id] = None
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        while self._pending:
+            batch, self._pending = " ".join(self._pending), {}
+            await publish_session_news(self.redis, batch, self.timeout_seconds)
+
+    async def flush(self) -> None:
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
 
 
 class DeltaForwarder:
@@ -253,9 +280,9 @@ class SessionFeedHub:
                     if message["channel"] == DELTA_CHANNEL.encode():
                         self._hand_out_delta(message["data"])
                         continue
-                    session_id = message["data"].decode()
-                    if session_id in self._feeds:
-                        await self.news(session_id)
+                    for session_id in message["data"].decode().split():
+                        if session_id in self._feeds:
+                            await self.news(session_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

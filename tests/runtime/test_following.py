@@ -232,3 +232,39 @@ async def test_a_waiter_returns_within_100_ms_of_the_session_finishing(
     lags.sort()
     # Median of five: the model answers, the run completes, the waiter has its answer.
     assert lags[2] < 0.1, lags
+
+
+async def test_a_busy_worker_batches_its_session_news_and_followers_hear_every_session(
+    redis_url: str,
+) -> None:
+    """SessionNews: ids announced while a publish is in flight go out together (one
+    message, space-separated); every announced session reaches a subscriber."""
+    from redis.asyncio import Redis
+
+    from app.sessions.feed import NEWS_CHANNEL, SessionNews
+
+    redis = Redis.from_url(redis_url)
+    subscriber = redis.pubsub(ignore_subscribe_messages=True)
+    await subscriber.subscribe(NEWS_CHANNEL)
+    news = SessionNews(redis, timeout_seconds=1.0)
+    try:
+        prefix = f"ses_batch_{time.monotonic_ns()}_"
+        ids = [f"{prefix}{i}" for i in range(50)]
+        for session_id in ids:  # no await in between: all but the first wait for a publish
+            news.announce(session_id)
+        await news.flush()
+        heard: list[str] = []
+        messages = 0
+        deadline = time.monotonic() + 5
+        while set(heard) != set(ids) and time.monotonic() < deadline:
+            message = await subscriber.get_message(timeout=1.0)
+            mine = [] if message is None else message["data"].decode().split()
+            mine = [session_id for session_id in mine if session_id.startswith(prefix)]
+            if mine:  # (other tests may publish on the channel meanwhile)
+                messages += 1
+                heard.extend(mine)
+        assert sorted(heard) == sorted(ids)
+        assert messages < len(ids)  # batched, not one message per announcement
+    finally:
+        await subscriber.aclose()  # type: ignore[no-untyped-call]
+        await redis.aclose()
