@@ -247,8 +247,9 @@ async def append(db: Database, entries: Sequence[AuditRecord]) -> list[int]:
 # The statement takes the chain's advisory lock (the one `audit_append()` takes) after the
 # session's row lock and before its INSERTs, so appends of other processes (a reviewer's
 # decision, an approval's expiry) serialise with it; if one came first, the head known here
-# is stale and the unique (tenant, session, chain_seq) index refuses the rows: the caller
-# reads the head again (`read_chain_head`) and retries. A fork cannot be committed.
+# is stale and the unique (tenant, session, chain_seq) index refuses the rows: the statement
+# runs again under the chain's lock with the head read afresh (`write_linked`). A fork
+# cannot be committed.
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +269,6 @@ class ChainHead:
 CHAIN_LOCK_SQL = (
     "pg_advisory_xact_lock(hashtextextended('audit:' || {tenant} || ':' || {session}, 0))"
 )
-_READ_HEAD = "SELECT audit_chain_head($1, $2, 0)"
 _CHAIN_CONSTRAINT = "uq_audit_log_tenant_id_session_id_chain_seq"
 
 
@@ -336,12 +336,6 @@ def is_chain_conflict(exc: BaseException) -> bool:
     )
 
 
-async def read_chain_head(
-    conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, session_id: str
-) -> ChainHead:
-    return ChainHead.parse(await conn.fetchval(_READ_HEAD, tenant_id, session_id))
-
-
 @dataclass
 class SessionChain:
     """A session's chain as the worker holding its lease knows it (`head` None: unknown,
@@ -357,9 +351,15 @@ class SessionChain:
         )
 
 
-# A stale head (someone else appended since) costs one retry; more means contention that
-# should not happen under a lease.
-_CHAIN_ATTEMPTS = 5
+# In a transaction of its own: the session's row, then the chain's lock (the order every
+# other appender keeps), then the head read with a fresh snapshot: nobody can append to the
+# chain until this transaction ends.
+_LOCK_AND_READ_HEAD = f"""
+SELECT audit_chain_head($1, $2, l.locked) FROM (
+    SELECT {CHAIN_LOCK_SQL.format(tenant="$1", session="$2")}::text AS locked
+    FROM (SELECT count(*) FROM (SELECT 1 FROM sessions WHERE session_id = $2 FOR UPDATE) r) c
+) l
+"""
 
 
 async def write_linked(
@@ -369,26 +369,34 @@ async def write_linked(
     entries: Sequence[AuditRecord],
     chain: SessionChain,
 ) -> asyncpg.Record | None:
-    """Run `statement` (built with `linked_insert_ctes`, its parameters after `args`) on its
-    own with `entries` linked after the chain's head; its row, or None when its fenced write
-    matched nothing. The head moves when it matched; a stale head is read again and the
-    statement retried (it wrote nothing)."""
+    """Run `statement` (built with `linked_insert_ctes`, its parameters after `args`) with
+    `entries` linked after the chain's head; its row, or None when its fenced write matched
+    nothing. The head moves when it matched. With the head known, one statement; if that
+    head turns out stale (somebody else appended; the statement wrote nothing), or is not
+    known, the statement runs in a transaction that first locks the chain and reads the head
+    (then it cannot be stale)."""
     at = datetime.now(UTC)
-    for attempt in range(_CHAIN_ATTEMPTS):
-        if chain.head is None:
-            chain.head = await read_chain_head(pool, chain.tenant_id, chain.session_id)
+    if chain.head is not None:
         arguments, head = linked_arguments(entries, chain.head, at)
         try:
             row: asyncpg.Record | None = await pool.fetchrow(statement, *args, *arguments)
         except asyncpg.UniqueViolationError as exc:
-            if not is_chain_conflict(exc) or attempt == _CHAIN_ATTEMPTS - 1:
+            if not is_chain_conflict(exc):
                 raise
-            chain.head = None
-            continue
-        if row is not None:
-            chain.head = head
-        return row
-    raise AssertionError("unreachable")
+        else:
+            if row is not None:
+                chain.head = head
+            return row
+    chain.head = None
+    async with pool.acquire() as conn, conn.transaction():
+        current = ChainHead.parse(
+            await conn.fetchval(_LOCK_AND_READ_HEAD, chain.tenant_id, chain.session_id)
+        )
+        arguments, head = linked_arguments(entries, current, at)
+        row = await conn.fetchrow(statement, *args, *arguments)
+    if row is not None:
+        chain.head = head
+    return row
 
 
 # --- Erase -----------------------------------------------------------------------------------

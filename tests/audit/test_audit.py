@@ -558,3 +558,80 @@ async def test_the_verify_endpoint_reports_the_first_bad_entry(
     )
     response = await client.get("/v1/audit/verify", headers=headers)
     assert response.json() == {"ok": False, "checked": len(ids), "first_bad_id": chain[1]}
+
+
+# --- Entries linked by the worker holding the session's lease --------------------------------
+
+
+def _linked_statement() -> str:
+    """A stand-in for a worker's step statement: a one-row CTE `s` that takes the chain's
+    lock (as the fenced UPDATE does), then the linked entries."""
+    lock = audit.CHAIN_LOCK_SQL.format(tenant="$1", session="$2")
+    ctes = audit.linked_insert_ctes("s", "$1", "$2", 3)
+    return f"WITH s AS (SELECT 1 AS one, {lock} AS chain_locked), {ctes} SELECT one FROM s"
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=1, max_size=12)
+    assert created is not None
+    yield created
+    await created.close()
+
+
+async def test_a_stale_head_is_read_again_and_the_linked_entries_retried(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, tenant: str
+) -> None:
+    session_id = _session_id()
+    await _append(conn, [_record(tenant, session_id, 1), _record(tenant, session_id, 2)])
+    head = (await _chain(conn, tenant, session_id))[-1]
+    chain = audit.SessionChain(tenant, session_id, audit.ChainHead(2, head["entry_hash"]))
+    await _append(conn, [_record(tenant, session_id, 3)])  # behind the worker's back
+
+    row = await audit.write_linked(
+        pool,
+        _linked_statement(),
+        (tenant, session_id),
+        [_record(tenant, session_id, 4), _record(tenant, session_id, 5)],
+        chain,
+    )
+
+    assert row is not None
+    rows = await _chain(conn, tenant, session_id)
+    assert [r["chain_seq"] for r in rows] == [1, 2, 3, 4, 5]
+    assert chain.head == audit.ChainHead(5, rows[-1]["entry_hash"])
+    assert await audit.verify(conn, tenant) == audit.VerifyResult(
+        ok=True, checked=5, first_bad_id=None
+    )
+
+
+async def test_a_lease_holder_linking_and_other_appenders_keep_one_line(
+    pool: asyncpg.Pool, connect: Connect, tenant: str
+) -> None:
+    """The worker links 20 steps of 2 entries while 8 other connections append through
+    audit_append() to the same chain: no fork, no gap, every entry verifies."""
+    session_id = _session_id()
+    chain = audit.SessionChain(tenant, session_id, audit.ChainHead(0, audit.GENESIS_HASH))
+    others = [await connect() for _ in range(8)]
+
+    async def lease_holder() -> None:
+        for step in range(20):
+            records = [_record(tenant, session_id, 1000 + 2 * step + i) for i in range(2)]
+            assert await audit.write_linked(
+                pool, _linked_statement(), (tenant, session_id), records, chain
+            )
+
+    async def other(conn: asyncpg.Connection, n: int) -> None:
+        for k in range(5):
+            await _append(conn, [_record(tenant, session_id, n * 10 + k)])
+            await asyncio.sleep(0.001)
+
+    await asyncio.gather(lease_holder(), *(other(c, n) for n, c in enumerate(others)))
+
+    rows = await _chain(others[0], tenant, session_id)
+    assert [r["chain_seq"] for r in rows] == list(range(1, 81))
+    for previous, row in itertools.pairwise(rows):
+        assert row["prev_hash"] == previous["entry_hash"]
+    assert await audit.verify(others[0], tenant) == audit.VerifyResult(
+        ok=True, checked=80, first_bad_id=None
+    )
