@@ -83,6 +83,9 @@ class SessionRun(GuardrailSteps):
     # Usage of responses not persisted themselves (cut-off retries), added to the next one.
     _pending_usage: tuple[int, int, Decimal] = (0, 0, Decimal(0))
     chain: SessionChain = field(init=False)  # its audit chain, linked here under the lease
+    # Tool results being committed while the run goes on (`_run_one`); every later write
+    # waits for them first (`_settle_writes`), so the log keeps its order.
+    _writing: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.chain = SessionChain(
@@ -128,6 +131,11 @@ class SessionRun(GuardrailSteps):
                 # hands the session to another worker, which resumes from the database.
                 logger.exception("could not record the failure")
         finally:
+            # nothing left running after the run (a failed write was reported above, or the
+            # lease is gone and it wrote nothing)
+            for writing in self._writing:
+                writing.cancel()
+            await asyncio.gather(*self._writing, return_exceptions=True)
             session_id_var.reset(token)
 
     async def _run(self) -> None:
@@ -270,10 +278,8 @@ class SessionRun(GuardrailSteps):
         if exc.transient and self.model_backoffs < MAX_MODEL_BACKOFFS:
             self.model_backoffs += 1
             delay = MODEL_BACKOFF_SECONDS * 2 ** (self.model_backoffs - 1)
-            await self.deps.store.record_note(
-                self.claimed.session_id,
-                self.lease.epoch,
-                {"kind": "model_backoff", "code": exc.code, "detail": str(exc), "delay": delay},
+            await self._note(
+                {"kind": "model_backoff", "code": exc.code, "detail": str(exc), "delay": delay}
             )
             await self._release(f"model unavailable ({exc.code}); retrying in {delay:g}s", delay)
         await self._end(SessionStatus.FAILED, error=(exc.code, str(exc)))
@@ -311,6 +317,21 @@ class SessionRun(GuardrailSteps):
             return
         await self._finish_with(response, conversation, persisted=False)
 
+    async def _settle_writes(self) -> None:
+        """Wait for the tool results still being committed; the first failure (LeaseLost, a
+        database error) is raised once all have finished."""
+        if not self._writing:
+            return
+        writing, self._writing = self._writing, []
+        for outcome in await asyncio.gather(*writing, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _note(self, note: dict[str, Any]) -> None:
+        """A `platform.note` event (after every write before it)."""
+        await self._settle_writes()
+        await self.deps.store.record_note(self.claimed.session_id, self.lease.epoch, note)
+
     async def _persist_response(
         self,
         response: ModelResponse,
@@ -321,6 +342,7 @@ class SessionRun(GuardrailSteps):
     ) -> None:
         """The model response, its tool calls, the policy decisions on them and any
         approval requests: one transaction."""
+        await self._settle_writes()
         pending_in, pending_out, pending_cost = self._take_pending_usage()
         usage = response.usage
         call_cost = self._cost(response)
@@ -405,7 +427,14 @@ class SessionRun(GuardrailSteps):
             outcome.attempts,
             record.idempotent,
         )
-        await self._record_result(settled, outcome.duration_ms)
+        recording = self._record_result(settled, outcome.duration_ms)
+        if self.deps.crash_points.point is None:
+            # Committed while the next step is prepared and the model called (its commit is
+            # awaited before anything else is written); a crash before it lands is the same
+            # as a crash just before recording: the ledger says `started`.
+            self._writing.append(asyncio.ensure_future(recording))
+        else:
+            await recording  # crash tests kill the worker right after the record
         self.deps.crash_points.reached("after_tool_record", record.tool)
         self.detector.add(Call.of(record.tool, record.arguments, outcome.is_error))
         return settled
@@ -536,11 +565,7 @@ class SessionRun(GuardrailSteps):
             await self._model_failed(exc)
             raise AssertionError("unreachable") from exc
         self._count_usage(response)
-        await self.deps.store.record_note(
-            self.claimed.session_id,
-            self.lease.epoch,
-            {"kind": "compaction", "summary": response.text, "model": response.model},
-        )
+        await self._note({"kind": "compaction", "summary": response.text, "model": response.model})
         conversation.compact(response.text)
 
     async def _after_tools(self, conversation: Conversation) -> None:
@@ -556,9 +581,7 @@ class SessionRun(GuardrailSteps):
             f"Platform notice: you appear to be looping ({loop}). Repeating it will not help. "
             "Change your approach, or give your final answer now; if you go on, the session ends."
         )
-        await self.deps.store.record_note(
-            self.claimed.session_id, self.lease.epoch, {"kind": "loop_warning", "text": note}
-        )
+        await self._note({"kind": "loop_warning", "text": note})
         conversation.add_note(note)
 
     async def _finish_with(
@@ -575,9 +598,7 @@ class SessionRun(GuardrailSteps):
             await self._end(SessionStatus.FAILED, error=("output_invalid", problem))
         self.output_retries += 1
         note = f"Platform notice: {problem}. Answer again with only JSON that matches the schema."
-        await self.deps.store.record_note(
-            self.claimed.session_id, self.lease.epoch, {"kind": "output_retry", "text": note}
-        )
+        await self._note({"kind": "output_retry", "text": note})
         conversation.add_note(note)
         return False
 
@@ -588,6 +609,7 @@ class SessionRun(GuardrailSteps):
         unless input was queued behind the run, which becomes the next user turn (the run
         goes on; nothing is interleaved). One transaction, one commit; commonly one
         statement."""
+        await self._settle_writes()
         if response is not None and await self._complete_at_once(response, result):
             raise SessionEnded
         async with self.deps.store.pool.acquire() as connection, connection.transaction():
@@ -741,6 +763,7 @@ class SessionRun(GuardrailSteps):
     ) -> None:
         """End the session (fenced) and stop this run. Tool calls recorded `started` that
         will now never run (a cancel between a response and its tools) become `cancelled`."""
+        await self._settle_writes()
         async with self.deps.store.pool.acquire() as connection, connection.transaction():
             if status is SessionStatus.CANCELLED:
                 await self.deps.store.cancel_unstarted_calls(
@@ -763,6 +786,7 @@ class SessionRun(GuardrailSteps):
     async def _release(self, reason: str, delay_seconds: float = 0.0) -> None:
         """Give the session back to the queue (graceful shutdown, or a back-off: claimable
         again after `delay_seconds`); history is kept."""
+        await self._settle_writes()
         async with self.deps.store.pool.acquire() as connection:
             await transitions.change(
                 connection,
