@@ -1,7 +1,8 @@
 """API benchmark: `POST /v1/sessions` requests/s and latency at saturation, from a separate
 load process (wrk) on loopback, against `agent-platform serve --workers 0` (the API alone,
 uvicorn on uvloop/httptools, one process) with rate limiting on (limits set out of reach,
-so its Redis round trips are paid but nothing is refused).
+so its Redis round trips are paid but nothing is refused). Prints requests/s, latency, and
+the server's CPU time per request (steadier than requests/s on a shared machine).
 
   .venv/bin/python bench/bench_api.py [--seconds 10] [--connections 64]
 
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from common import ROOT, bench_database, machine, wait_ready
 
@@ -47,6 +49,12 @@ def ensure_wrk() -> str:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main(args: argparse.Namespace) -> None:
     wrk = ensure_wrk()
     settings = Settings()
@@ -59,6 +67,9 @@ def main(args: argparse.Namespace) -> None:
             "LOG_LEVEL": "WARNING",
             "RATE_LIMIT_PER_TENANT": "100000000/minute",
             "RATE_LIMIT_PER_SUBJECT": "100000000/minute",
+            # a connection per concurrent request, as one would size it for this load (the
+            # default 10 + 20 overflow closes and reopens connections under 64 requests)
+            "DATABASE_POOL_SIZE": str(args.connections),
         }
         server = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(args.port), "--workers", "0"],
@@ -87,9 +98,11 @@ def main(args: argparse.Namespace) -> None:
                 url,
             ]
             subprocess.run([*base[:1], "-d", "3s", *base[1:]], capture_output=True)  # warm-up
+            cpu_before = cpu_seconds(server.pid)
             result = subprocess.run(
                 [*base[:1], "-d", f"{args.seconds}s", *base[1:]], capture_output=True, text=True
             )
+            server_cpu = cpu_seconds(server.pid) - cpu_before
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -99,11 +112,16 @@ def main(args: argparse.Namespace) -> None:
     p50 = re.search(r"50%\s+([\d.]+\w+)", output)
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     socket_errors = re.search(r"Socket errors:.*", output)
+    total = re.search(r"(\d+) requests in", output)
     print(f"POST /v1/sessions, wrk 1 thread x {args.connections} connections, {args.seconds} s:")
     print(
         f"   {float(rps.group(1)) if rps else 0:.0f} requests/s, p50 {p50.group(1) if p50 else '?'}, p99 {p99.group(1) if p99 else '?'}, "
         f"non-2xx {errors.group(1) if errors else 0}{', ' + socket_errors.group(0) if socket_errors else ''}"
     )
+    if total and int(total.group(1)):
+        # CPU per request is steadier than requests/s on a shared machine: other load
+        # slows the server down but does not make a request cost more CPU.
+        print(f"   server CPU {1000 * server_cpu / int(total.group(1)):.2f} ms per request")
 
 
 if __name__ == "__main__":

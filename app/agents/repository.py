@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.agents.models import Agent, AgentVersion
@@ -120,21 +119,29 @@ class AgentForSession:
     name: str
     enabled: bool
     version: int
-    definition: dict[str, Any]
+    deadline_seconds: float
 
 
-_FOR_SESSION = text(
-    """
-    SELECT a.agent_id, a.name, a.enabled, v.version, v.definition
+def for_new_session_sql(tenant_id: str, name: str, version: str) -> str:
+    """SQL selecting the agent a new session of `name` runs, as `tenant_id` sees it (its
+    own first, else the platform's), at `version` or its current version when that is NULL
+    (the arguments: SQL expressions, e.g. parameters), its row read `FOR SHARE` until
+    commit. Columns: agent_id, name, enabled, version, deadline_seconds — only what a new
+    session needs, not the whole definition. `app.sessions.transitions` inserts from it."""
+    return f"""
+    SELECT a.agent_id, a.name, a.enabled, v.version,
+           CAST(v.definition->'limits'->>'deadline_seconds' AS double precision) AS deadline_seconds
     FROM agents a
     JOIN agent_versions v ON v.agent_id = a.agent_id
-        AND v.version = COALESCE(CAST(:version AS integer), a.latest_version)
-    WHERE a.name = :name AND (a.tenant_id = :tenant_id OR a.tenant_id IS NULL)
+        AND v.version = COALESCE({version}, a.latest_version)
+    WHERE a.name = {name} AND (a.tenant_id = {tenant_id} OR a.tenant_id IS NULL)
     ORDER BY a.tenant_id IS NULL
     LIMIT 1
     FOR SHARE OF a
     """
-).columns(definition=JSONB)
+
+
+_FOR_SESSION = text(for_new_session_sql(":tenant_id", ":name", "CAST(:version AS integer)"))
 
 
 async def for_new_session(
@@ -151,4 +158,4 @@ async def for_new_session(
         row = (await db.execute(_FOR_SESSION, parameters)).one_or_none()
     if row is None:
         return None
-    return AgentForSession(row.agent_id, row.name, row.enabled, row.version, row.definition)
+    return AgentForSession(row.agent_id, row.name, row.enabled, row.version, row.deadline_seconds)

@@ -16,6 +16,7 @@ from typing import Any
 
 import jwt
 from jwt import PyJWKClient
+from jwt.algorithms import HMACAlgorithm
 
 from app.errors import Unauthorized
 from app.settings import AuthSettings
@@ -42,10 +43,45 @@ class Principal:
 MAX_CLAIM_LENGTH = 128
 
 
+class _PreparedHS256(HMACAlgorithm):
+    """HS256 with its one key checked once, at start-up: PyJWT's `prepare_key` (which
+    refuses empty, PEM/SSH/DER- and JWK-shaped secrets by trying to parse them) otherwise
+    runs on every token, and costs more than the HMAC itself. Any other key is prepared as
+    usual."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self.key = super().prepare_key(secret)
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        return self.key if key is self.key else super().prepare_key(key)
+
+
 class TokenVerifier:
+    """Verifies bearer tokens. A token that verified is remembered (the exact token string,
+    at most `VERIFIED_CACHE_SIZE` of them, for at most `VERIFIED_CACHE_SECONDS`): clients send
+    the same token request after request, and PyJWT's decode is the costliest step of an
+    authenticated request. A remembered token is still refused once its `exp` (with leeway)
+    has passed, by the full verification and its usual error; `nbf`/`iat` can only become
+    more valid with time. Not used with a JWKS URL, whose keys may rotate out."""
+
+    VERIFIED_CACHE_SIZE = 4096
+    VERIFIED_CACHE_SECONDS = 60.0
+
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
+        # token -> (principal, valid until: min(exp + leeway, verified + cache seconds))
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._jwks = PyJWKClient(settings.jwks_url, cache_keys=True) if settings.jwks_url else None
+        # A decoder of our own (not PyJWT's module-level one), so registering the
+        # prepared HS256 changes nothing elsewhere in the process.
+        self._decoder = jwt.PyJWT()
+        self._hs256: _PreparedHS256 | None = None
+        if settings.jwt_algorithm == "HS256":
+            self._hs256 = _PreparedHS256(settings.jwt_secret.get_secret_value())
+            # PyJWT has no public hook for this: its signature layer is `PyJWT._jws`.
+            self._decoder._jws.unregister_algorithm("HS256")
+            self._decoder._jws.register_algorithm("HS256", self._hs256)
 
     @property
     def needs_network(self) -> bool:
@@ -53,8 +89,8 @@ class TokenVerifier:
         return self._jwks is not None
 
     def _key(self, token: str) -> Any:
-        if self.settings.jwt_algorithm == "HS256":
-            return self.settings.jwt_secret.get_secret_value()
+        if self._hs256 is not None:
+            return self._hs256.key
         if self._jwks is not None:
             return self._jwks.get_signing_key_from_jwt(token).key
         return self.settings.jwt_public_key
@@ -62,8 +98,27 @@ class TokenVerifier:
     def verify(self, token: str) -> Principal:
         if len(token.encode()) > self.settings.max_token_bytes:
             raise Unauthorized(f"token larger than {self.settings.max_token_bytes} bytes")
+        remembered = self._verified.get(token)
+        now = time.time()
+        if remembered is not None:
+            if now < remembered[1]:
+                return remembered[0]
+            del self._verified[token]
+        claims = self._decode(token)
+        principal = _principal_from_claims(claims)
+        if self._jwks is None:
+            if len(self._verified) >= self.VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            valid_until = min(
+                float(claims["exp"]) + self.settings.leeway_seconds,
+                now + self.VERIFIED_CACHE_SECONDS,
+            )
+            self._verified[token] = (principal, valid_until)
+        return principal
+
+    def _decode(self, token: str) -> dict[str, Any]:
         try:
-            claims = jwt.decode(
+            claims = self._decoder.decode(
                 token,
                 key=self._key(token),
                 algorithms=[self.settings.jwt_algorithm],
@@ -92,7 +147,7 @@ class TokenVerifier:
             raise Unauthorized("token signature invalid") from exc
         except (jwt.PyJWKClientError, jwt.InvalidTokenError) as exc:
             raise Unauthorized(f"token invalid: {exc}") from exc
-        return _principal_from_claims(claims)
+        return claims
 
 
 def _principal_from_claims(claims: dict[str, Any]) -> Principal:

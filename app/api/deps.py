@@ -22,9 +22,13 @@ from app.settings import Settings
 from app.tenants.scoping import TenantScope
 
 
-async def get_context(request: Request) -> AppContext:
+def _context_of(request: Request) -> AppContext:
     context: AppContext = request.app.state.context
     return context
+
+
+async def get_context(request: Request) -> AppContext:
+    return _context_of(request)
 
 
 Context = Annotated[AppContext, Depends(get_context)]
@@ -37,8 +41,11 @@ async def get_settings(context: Context) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def get_db(context: Context) -> AsyncIterator[AsyncSession]:
-    async with context.session_factory() as db:
+# `get_db` and `get_principal` read the context from the request rather than through the
+# `Context` dependency: FastAPI walks every sub-dependency of every dependency on each
+# request, cached or not, and these two sit under every route.
+async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
+    async with _context_of(request).session_factory() as db:
         try:
             yield db
         except BaseException:
@@ -64,10 +71,9 @@ def _bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def get_principal(
-    request: Request, response: Response, context: Context, db: DbSession
-) -> Principal:
+async def get_principal(request: Request, response: Response, db: DbSession) -> Principal:
     """The authenticated caller: token verified, rate limits counted, tenant ensured."""
+    context = _context_of(request)
     token = _bearer_token(request)
     if context.token_verifier.needs_network:
         from anyio import to_thread

@@ -1,33 +1,84 @@
-"""Per-tenant and per-subject rate limits with the `limits` library's moving window.
+"""Per-tenant and per-subject rate limits: a sliding log (every request in the trailing
+window counts), both limits checked and counted in ONE Redis round trip.
 
-The moving window counts every request in the trailing window, so there is no 2x burst at
-a window edge. Counters live in Redis so every API process shares them.
+Algorithm — a sliding log, the same as the `limits` library's moving window: each limit
+keeps the times of the requests it let through in the trailing window (a Redis sorted set
+scored by milliseconds). A request is let through if every limit has fewer than its
+amount in the window, and is then counted against all of them; a refused request counts
+against none. No 2x burst at a window edge, exact counts, and each log holds at most its
+limit's amount of entries. `RateLimit-Reset` is when the oldest counted request leaves
+the window (a slot frees up). One Lua script (EVALSHA, the clock is Redis' own `TIME`)
+checks and counts both limits atomically, so API processes share the budget exactly.
 
-Declared behaviour when Redis fails or stalls: the check falls back to an in-process moving
-window with the same limits (each process then enforces the limit on its own share of the
-traffic), the fallback is counted in `agent_redis_fallback_total{feature="rate_limit"}`, and
-Redis is retried after `REDIS_RETRY_AFTER_FAILURE_SECONDS`. A request is never failed or
-held up by Redis being down: the check is bounded by the Redis socket timeout.
+Declared behaviour when Redis fails or stalls: the check falls back to the same sliding
+log kept in this process (each process then enforces the limits on its own share of the
+traffic), the fallback is counted in `agent_redis_fallback_total{feature="rate_limit"}`
+(once per request), and Redis is retried after `REDIS_RETRY_AFTER_FAILURE_SECONDS`. A
+request is never failed or held up by Redis being down: the check is bounded by the Redis
+socket timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
+import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
 
 from app.errors import RateLimited
 from app.observability import metrics
-from app.redis_client import RedisHealth
+from app.redis_client import RedisHealth, create_redis
 from app.settings import RateLimitSettings, RedisSettings
 
 logger = logging.getLogger(__name__)
+
+# KEYS: the logs of the limits, tightest-checked first. ARGV: per limit its amount and
+# window (ms), then the member to add (unique per request). Returns, as one string of
+# space-separated integers (one bulk reply parses faster than an array of integers): the
+# 1-based index of the limit that refused the request (0: let through and counted), then
+# per limit the count in its window (this request included) and the ms until its oldest
+# entry leaves.
+_SLIDING_LOG_LUA = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local n = #KEYS
+local member = ARGV[2 * n + 1]
+local refused = 0
+local counts = {}
+for i = 1, n do
+    local window = tonumber(ARGV[2 * i])
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+    counts[i] = redis.call('ZCARD', KEYS[i])
+    if refused == 0 and counts[i] >= tonumber(ARGV[2 * i - 1]) then
+        refused = i
+    end
+end
+if refused == 0 then
+    for i = 1, n do
+        redis.call('ZADD', KEYS[i], now, member)
+        redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
+        counts[i] = counts[i] + 1
+    end
+end
+local result = {refused}
+for i = 1, n do
+    local window = tonumber(ARGV[2 * i])
+    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    local reset = window
+    if oldest[2] then
+        reset = tonumber(oldest[2]) + window - now
+    end
+    result[2 * i] = counts[i]
+    result[2 * i + 1] = reset
+end
+return table.concat(result, ' ')
+"""
 
 
 @dataclass(frozen=True)
@@ -46,84 +97,127 @@ class LimitState:
         }
 
 
+@dataclass(frozen=True)
+class _Limit:
+    name: str  # the `limit` label of RATE_LIMITED: "tenant" | "subject"
+    amount: int
+    window_ms: int
+    text: str  # "5 per minute", for the 429's detail
+
+    @classmethod
+    def parse(cls, name: str, spec: str) -> _Limit:
+        item: RateLimitItem = parse(spec)
+        return cls(
+            name, item.amount, item.get_expiry() * 1000, f"{item.amount} per {_window(item)}"
+        )
+
+    def state(self, count: int, reset_ms: float) -> LimitState:
+        return LimitState(
+            self.amount, max(0, self.amount - count), max(0, math.ceil(reset_ms / 1000))
+        )
+
+
+class SlidingLog:
+    """The in-process twin of the Lua script (the fallback): per key the monotonic times of
+    the requests it let through in the trailing window."""
+
+    SWEEP_EVERY_CHECKS = 10_000
+
+    def __init__(self) -> None:
+        self._logs: dict[str, tuple[int, deque[float]]] = {}
+        self._checks = 0
+
+    def hit(self, keys: list[str], limits: tuple[_Limit, ...]) -> list[int]:
+        """The script's answer for `keys` (one per limit), computed here."""
+        now = time.monotonic() * 1000
+        self._checks += 1
+        if self._checks % self.SWEEP_EVERY_CHECKS == 0:
+            self._sweep(now)
+        logs: list[deque[float]] = []
+        refused = 0
+        for index, (key, limit) in enumerate(zip(keys, limits, strict=True), start=1):
+            log = self._logs.setdefault(key, (limit.window_ms, deque()))[1]
+            while log and log[0] <= now - limit.window_ms:
+                log.popleft()
+            if refused == 0 and len(log) >= limit.amount:
+                refused = index
+            logs.append(log)
+        if refused == 0:
+            for log in logs:
+                log.append(now)
+        result = [refused]
+        for log, limit in zip(logs, limits, strict=True):
+            reset = log[0] + limit.window_ms - now if log else limit.window_ms
+            result += [len(log), math.ceil(reset)]
+        return result
+
+    def _sweep(self, now: float) -> None:
+        """Forget keys whose every entry has left the window (bounded memory)."""
+        for key, (window_ms, log) in list(self._logs.items()):
+            if not log or log[-1] <= now - window_ms:
+                del self._logs[key]
+
+
 class RateLimiter:
     def __init__(
         self, settings: RateLimitSettings, redis_settings: RedisSettings, redis_url: str
     ) -> None:
         self.enabled = settings.enabled
-        self.per_tenant: RateLimitItem = parse(settings.per_tenant)
-        self.per_subject: RateLimitItem = parse(settings.per_subject)
+        # Checked in this order: on a request both would refuse, the tenant's is reported.
+        self.limits = (
+            _Limit.parse("tenant", settings.per_tenant),
+            _Limit.parse("subject", settings.per_subject),
+        )
         self._timeout = redis_settings.socket_timeout_seconds * 2
         self._health = RedisHealth(redis_settings.retry_after_failure_seconds)
-        self._redis = MovingWindowRateLimiter(
-            RedisStorage(
-                _limits_uri(redis_url),
-                implementation="redispy",
-                key_prefix="agent:rl",
-                socket_timeout=redis_settings.socket_timeout_seconds,
-                socket_connect_timeout=redis_settings.connect_timeout_seconds,
-            )
-        )
-        self._memory = MovingWindowRateLimiter(MemoryStorage())
+        self._redis = create_redis(redis_settings, redis_url)
+        self._script = self._redis.register_script(_SLIDING_LOG_LUA)
+        self._memory = SlidingLog()
+        # Members of the Redis logs must be unique across requests and processes.
+        self._member_prefix = secrets.token_hex(6) + ":"
+        self._member_counter = itertools.count()
 
     async def check(self, tenant: str, subject: str) -> LimitState:
-        """Count one request against both limits; raise RateLimited if either is spent."""
-        checks = (
-            ("tenant", self.per_tenant, ("tenant", tenant)),
-            ("subject", self.per_subject, ("subject", tenant, subject)),
-        )
-        tightest: LimitState | None = None
-        for name, item, identifiers in checks:
-            allowed, state = await self._hit(item, identifiers)
-            if not allowed:
-                metrics.RATE_LIMITED.labels(limit=name).inc()
-                raise RateLimited(
-                    f"rate limit exceeded ({name}: {item.amount} per {_window_text(item)})",
-                    headers={**state.headers(), "Retry-After": str(max(1, state.reset_seconds))},
-                )
-            if tightest is None or state.remaining < tightest.remaining:
-                tightest = state
-        assert tightest is not None
-        return tightest
+        """Count one request against both limits; raise RateLimited if either is spent
+        (the request is then counted against neither)."""
+        # The subject's key carries the tenant's length, so no two (tenant, subject) pairs
+        # share a key whatever characters they hold.
+        keys = [f"agent:rl:t:{tenant}", f"agent:rl:s:{len(tenant)}:{tenant}:{subject}"]
+        result = await self._hit(keys)
+        states = [
+            limit.state(result[2 * i + 1], result[2 * i + 2]) for i, limit in enumerate(self.limits)
+        ]
+        refused = result[0]
+        if refused:
+            limit, state = self.limits[refused - 1], states[refused - 1]
+            metrics.RATE_LIMITED.labels(limit=limit.name).inc()
+            raise RateLimited(
+                f"rate limit exceeded ({limit.name}: {limit.text})",
+                headers={**state.headers(), "Retry-After": str(max(1, state.reset_seconds))},
+            )
+        return min(states, key=lambda state: state.remaining)
 
-    async def _hit(
-        self, item: RateLimitItem, identifiers: tuple[str, ...]
-    ) -> tuple[bool, LimitState]:
+    async def _hit(self, keys: list[str]) -> list[int]:
         if self._health.available:
+            args: list[int | str] = []
+            for limit in self.limits:
+                args += [limit.amount, limit.window_ms]
+            args.append(self._member_prefix + str(next(self._member_counter)))
             try:
                 async with asyncio.timeout(self._timeout):
-                    return await self._hit_with(self._redis, item, identifiers)
+                    reply: bytes = await self._script(keys=keys, args=args)
+                    return [int(value) for value in reply.split()]
             except Exception as exc:  # any Redis failure: use the declared fallback
                 self._health.record_failure()
                 logger.warning("rate limiter: Redis unavailable, using in-process limits: %r", exc)
         metrics.REDIS_FALLBACKS.labels(feature="rate_limit").inc()
-        return await self._hit_with(self._memory, item, identifiers)
-
-    @staticmethod
-    async def _hit_with(
-        limiter: MovingWindowRateLimiter, item: RateLimitItem, identifiers: tuple[str, ...]
-    ) -> tuple[bool, LimitState]:
-        allowed = await limiter.hit(item, *identifiers)
-        stats = await limiter.get_window_stats(item, *identifiers)
-        reset = max(0, math.ceil(stats.reset_time - time.time()))
-        return allowed, LimitState(item.amount, max(0, stats.remaining), reset)
+        return self._memory.hit(keys, self.limits)
 
     async def close(self) -> None:
-        storage: Storage = self._redis.storage
-        if isinstance(storage, RedisStorage):
-            client = getattr(storage.bridge, "storage", None)
-            if client is not None:
-                await client.aclose()
+        await self._redis.aclose()
 
 
-def _limits_uri(redis_url: str) -> str:
-    """The `limits` library wants `async+redis://` (or `async+redis+unix://`)."""
-    if redis_url.startswith("unix://"):
-        return "async+redis+unix://" + redis_url.removeprefix("unix://")
-    return "async+" + redis_url
-
-
-def _window_text(item: RateLimitItem) -> str:
+def _window(item: RateLimitItem) -> str:
     return (
         f"{item.multiples} {item.GRANULARITY.name}" if item.multiples > 1 else item.GRANULARITY.name
     )

@@ -17,7 +17,7 @@ from app.agents.errors import AgentDisabled, AgentNotFound
 from app.api.auth import Principal
 from app.db.engine import driver_connection
 from app.db.ids import new_id
-from app.errors import ValidationFailed
+from app.errors import Conflict, ValidationFailed
 from app.observability import audit
 from app.sessions import repository, transitions
 from app.sessions.errors import SessionBusy, SessionFinished, SessionNotFound
@@ -39,6 +39,10 @@ from app.tenants.scoping import TenantScope
 from app.webhooks import service as webhooks_service
 
 RESULT_PREVIEW_CHARS = 500
+# Statements a create tries before giving up on an agent that keeps changing under it
+# (each retry follows a look-up that holds the agent row's share lock: one is enough but
+# for a shadowing agent of the tenant's appearing at that very moment).
+CREATE_ATTEMPTS = 3
 
 
 def view(session: Session) -> SessionView:
@@ -74,34 +78,45 @@ async def create(
     db = scope.db
     if body.webhook_url is not None:
         await webhooks_service.check_url(body.webhook_url, allowlist, "webhook_url")
-    agent = await agents_repository.for_new_session(db, scope.tenant_id, body.agent, body.version)
+    conn = await driver_connection(db)
+    session_id, trace_id = new_id("ses"), secrets.token_hex(16)
+    for _ in range(CREATE_ATTEMPTS):
+        # The agent look-up and the insert are one statement (one round trip)...
+        row = await transitions.insert_queued(
+            conn,
+            session_id=session_id,
+            tenant_id=scope.tenant_id,
+            agent_name=body.agent,
+            agent_version=body.version,
+            priority=body.priority,
+            session_input=body.input,
+            metadata=body.metadata,
+            subject=body.subject,
+            created_by=principal.sub,
+            webhook_url=body.webhook_url,
+            trace_id=trace_id,
+        )
+        if row is not None:
+            return view_of_new(row, session_input=body.input, metadata=body.metadata)
+        # ...that wrote nothing: say why (404 or 409). If the agent can take the session
+        # after all, its row changed while the statement waited on its lock (a new version):
+        # the look-up below read it again and now holds its share lock, so the next
+        # statement sees it as it is.
+        await _check_startable(db, scope.tenant_id, body)
+    raise Conflict(f"agent {body.agent} kept changing while the session was being started")
+
+
+async def _check_startable(db: AsyncSession, tenant_id: str, body: SessionCreate) -> None:
+    """Raise the precise reason a session of `body.agent` cannot start, if there is one."""
+    agent = await agents_repository.for_new_session(db, tenant_id, body.agent, body.version)
     if agent is None:
         if body.version is not None and await agents_repository.find_visible(
-            db, scope.tenant_id, body.agent
+            db, tenant_id, body.agent
         ):
             raise AgentNotFound(f"agent {body.agent} has no version {body.version}")
         raise AgentNotFound(f"agent {body.agent} not found")
     if not agent.enabled:
         raise AgentDisabled(f"agent {agent.name} is disabled: new sessions are refused")
-    # Stored definitions are complete (dumped from AgentDefinition): read the one field.
-    deadline_seconds = float(agent.definition["limits"]["deadline_seconds"])
-    row = await transitions.insert_queued(
-        await driver_connection(db),
-        session_id=new_id("ses"),
-        tenant_id=scope.tenant_id,
-        agent_id=agent.agent_id,
-        agent_name=agent.name,
-        agent_version=agent.version,
-        priority=body.priority,
-        session_input=body.input,
-        metadata=body.metadata,
-        subject=body.subject,
-        created_by=principal.sub,
-        webhook_url=body.webhook_url,
-        trace_id=secrets.token_hex(16),
-        deadline_seconds=deadline_seconds,
-    )
-    return view_of_new(row, session_input=body.input, metadata=body.metadata)
 
 
 def view_of_new(row: Any, *, session_input: Any, metadata: dict[str, Any]) -> SessionView:

@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from app.agents import repository as agents_repository
 from app.observability.audit import (
     CHAIN_LOCK_SQL,
     AuditAction,
@@ -345,20 +346,29 @@ async def notify_queued(conn: asyncpg.Connection, session_id: str) -> None:
 
 
 _INSERT_QUEUED = f"""
-WITH s AS (
+WITH agent AS ({agents_repository.for_new_session_sql("$2", "$3", "$4::integer")}
+), s AS (
     INSERT INTO sessions (session_id, tenant_id, agent_id, agent_name, agent_version, priority,
                           input, metadata, subject, created_by, webhook_url, trace_id,
                           deadline_at, event_seq)
-    VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12,
-            now() + make_interval(secs => $13), 1)
+    SELECT $1, $2, agent.agent_id, agent.name, agent.version, $5, $6::jsonb, $7::jsonb, $8, $9,
+           $10, $11, now() + make_interval(secs => agent.deadline_seconds), 1
+    FROM agent WHERE agent.enabled
     RETURNING *
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
     SELECT session_id, 1, '{state_event(SessionStatus.QUEUED)}', '{{"status": "queued"}}'::jsonb FROM s
 )
-SELECT s.*, pg_notify('{NOTIFY_CHANNEL}', s.session_id || ':queued') AS notified,
-       {_audit_status("s.tenant_id", "s.session_id", "'user:' || coalesce(s.created_by, 'unknown')", _QUEUED_PAYLOAD)}
+-- only what the view of a new session needs (no jsonb to decode), and the audit entry's
+-- count rather than its bigint[] (a type asyncpg looks up on each new connection)
+SELECT s.session_id, s.agent_name, s.agent_version, s.status, s.priority, s.parent_id,
+       s.trace_id, s.created_at, s.updated_at,
+       pg_notify('{NOTIFY_CHANNEL}', s.session_id || ':queued') AS notified,
+       cardinality(a.audited) AS audited
 FROM s
+CROSS JOIN LATERAL (
+    SELECT {_audit_status("s.tenant_id", "s.session_id", "'user:' || coalesce(s.created_by, 'unknown')", _QUEUED_PAYLOAD)}
+) a
 """
 
 
@@ -367,9 +377,8 @@ async def insert_queued(
     *,
     session_id: str,
     tenant_id: str,
-    agent_id: str,
     agent_name: str,
-    agent_version: int,
+    agent_version: int | None,
     priority: int,
     session_input: Any,
     metadata: dict[str, Any],
@@ -377,17 +386,18 @@ async def insert_queued(
     created_by: str,
     webhook_url: str | None,
     trace_id: str,
-    deadline_seconds: float,
-) -> asyncpg.Record:
-    """A new session in `queued`, its first event, and the wake-up — one statement."""
-    row = await conn.fetchrow(
+) -> asyncpg.Record | None:
+    """A new session of the agent `agent_name` as the tenant sees it (`agent_version`, or
+    its current version) in `queued`, its first event, and the wake-up — one statement,
+    the agent looked up in it (`agents_repository.for_new_session_sql`: its row read
+    FOR SHARE). None, and nothing written, if there is no such agent or version or it is
+    disabled: the caller finds out which."""
+    return await conn.fetchrow(
         _INSERT_QUEUED,
-        session_id, tenant_id, agent_id, agent_name, agent_version, priority,
+        session_id, tenant_id, agent_name, agent_version, priority,
         json.dumps(session_input), json.dumps(metadata), subject, created_by, webhook_url,
-        trace_id, deadline_seconds,
+        trace_id,
     )  # fmt: skip
-    assert row is not None
-    return row
 
 
 _APPEND_USER_MESSAGE = """

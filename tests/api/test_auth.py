@@ -13,10 +13,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter
+from jwt.algorithms import HMACAlgorithm
 from sqlalchemy import select
 
+from app.api.auth import TokenVerifier
 from app.api.context import AppContext
 from app.api.deps import AdminPrincipal
+from app.errors import Unauthorized
 from app.main import create_app
 from app.settings import AuthSettings
 from app.tenants.models import Tenant
@@ -188,3 +191,48 @@ async def test_wrong_role_is_403(
     assert denied.status_code == 403
     assert denied.headers["content-type"] == "application/problem+json"
     assert (await client.get("/test-only/admin", headers=bearer(admin_token))).status_code == 200
+
+
+# -- the verifier's fast path ------------------------------------------------------------------
+
+
+def test_a_remembered_token_is_refused_once_it_expires(tenant: str) -> None:
+    verifier = TokenVerifier(AuthSettings(jwt_secret=TEST_JWT_SECRET, leeway_seconds=0))
+    token = _hs(_claims(tenant, exp=time.time() + 1.0))
+    assert verifier.verify(token).tenant == tenant
+    assert verifier.verify(token).tenant == tenant  # remembered
+    time.sleep(
+        max(0.0, jwt.decode(token, options={"verify_signature": False})["exp"] - time.time())
+    )
+    with pytest.raises(Unauthorized, match="token expired"):
+        verifier.verify(token)
+
+
+def test_a_token_is_only_remembered_if_it_verified(tenant: str) -> None:
+    verifier = TokenVerifier(AuthSettings(jwt_secret=TEST_JWT_SECRET))
+    forged = _hs(_claims(tenant), "another-secret-another-secret-another-secret!")
+    for _ in range(2):
+        with pytest.raises(Unauthorized, match="token signature invalid"):
+            verifier.verify(forged)
+    # A token with the same claims, properly signed, is its own entry.
+    assert verifier.verify(_hs(_claims(tenant))).tenant == tenant
+
+
+def test_the_hs256_secret_is_checked_once_not_per_token(
+    tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = {sub: _hs(_claims(tenant, sub=sub)) for sub in ("a", "b", "c")}
+    prepared: list[object] = []
+    original = HMACAlgorithm.prepare_key
+
+    def counting(self: HMACAlgorithm, key: str | bytes) -> bytes:
+        prepared.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", counting)
+    verifier = TokenVerifier(AuthSettings(jwt_secret=TEST_JWT_SECRET))
+    assert len(prepared) == 1
+    # Distinct tokens (not remembered ones): each is verified in full, the key is not redone.
+    for sub, token in tokens.items():
+        assert verifier.verify(token).sub == sub
+    assert len(prepared) == 1

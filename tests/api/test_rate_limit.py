@@ -1,11 +1,15 @@
-"""Rate limits: moving window per subject and per tenant, 429 with headers, and the declared
-fallback (an in-process limiter) when Redis is down or stalled."""
+"""Rate limits: a sliding log per subject and per tenant (both checked and counted in one
+Redis script), 429 with headers, and the declared fallback (the same sliding log in
+process) when Redis is down or stalled."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
 
 from app.main import create_app
 from app.settings import RateLimitSettings, RedisSettings
@@ -113,3 +117,67 @@ async def test_stalled_redis_never_hangs_a_request(
             dedicated_redis.resume()
     assert [r.status_code for r in responses] == [200] * 10
     assert elapsed < 2.0, f"requests took {elapsed:.2f}s with Redis stalled"
+
+
+async def test_a_refused_request_counts_against_neither_limit(
+    context_factory: Any, tenant: str, make_token: TokenFactory
+) -> None:
+    # Both limits are checked and counted in one step: alice's refused third request does
+    # not use up the tenant's budget, so bob still gets the tenant's third slot.
+    app = _limited_app(context_factory, per_subject="2/minute", per_tenant="3/minute")
+    alice, bob = make_token(tenant, sub="alice"), make_token(tenant, sub="bob")
+    async with client_for(app) as http:
+        codes = [(await http.get("/v1/me", headers=bearer(alice))).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        last_slot = await http.get("/v1/me", headers=bearer(bob))
+        assert last_slot.status_code == 200
+        assert last_slot.headers["RateLimit-Limit"] == "3"
+        assert last_slot.headers["RateLimit-Remaining"] == "0"
+        refused = await http.get("/v1/me", headers=bearer(bob))
+        assert refused.status_code == 429
+        assert "tenant: 3 per minute" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize("backend", ["redis", "in-process"])
+async def test_the_window_slides_so_there_is_no_burst_at_its_edge(
+    context_factory: Any,
+    dedicated_redis: DedicatedRedis,
+    tenant: str,
+    make_token: TokenFactory,
+    backend: str,
+) -> None:
+    app = _limited_app(context_factory, per_subject="2/second", redis_url=dedicated_redis.url)
+    if backend == "in-process":
+        dedicated_redis.stop()
+    token = bearer(make_token(tenant))
+    async with client_for(app) as http:
+        started = time.monotonic()
+        assert (await http.get("/v1/me", headers=token)).status_code == 200  # t = 0
+        await asyncio.sleep(0.5)
+        assert (await http.get("/v1/me", headers=token)).status_code == 200  # t = 0.5
+        refused = await http.get("/v1/me", headers=token)
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "1"
+        await asyncio.sleep(max(0.0, started + 1.15 - time.monotonic()))
+        # The first request has left the trailing second, the second has not: exactly one
+        # slot is free (a fixed window would have given two at its edge).
+        codes = [(await http.get("/v1/me", headers=token)).status_code for _ in range(2)]
+        assert time.monotonic() - started < 1.45, "too slow to tell the window's shape"
+        assert codes == [200, 429]
+
+
+async def test_the_fallback_is_counted_once_per_request(
+    context_factory: Any, dedicated_redis: DedicatedRedis, tenant: str, make_token: TokenFactory
+) -> None:
+    app = _limited_app(context_factory, per_subject="50/minute", redis_url=dedicated_redis.url)
+    dedicated_redis.stop()
+
+    def fallbacks() -> float:
+        value = REGISTRY.get_sample_value("agent_redis_fallback_total", {"feature": "rate_limit"})
+        return value or 0.0
+
+    before = fallbacks()
+    async with client_for(app) as http:
+        for _ in range(3):
+            assert (await http.get("/v1/me", headers=bearer(make_token(tenant)))).status_code == 200
+    assert fallbacks() - before == 3
