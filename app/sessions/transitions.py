@@ -70,7 +70,7 @@ WITH tenant_load AS (
         FROM sessions s
         WHERE s.tenant_id = t.tenant_id AND s.status = 'queued' AND s.run_after <= now()
         ORDER BY s.priority DESC, s.run_after, s.created_at
-        LIMIT LEAST($3, t.max_running_sessions - t.running_sessions)
+        LIMIT GREATEST(LEAST($3, t.max_running_sessions - t.running_sessions), 0)
         FOR UPDATE OF s SKIP LOCKED
     ) q
     WHERE t.running_sessions < t.max_running_sessions

@@ -69,6 +69,35 @@ async def test_a_tenant_never_runs_more_than_its_cap(
     assert peak == 2
 
 
+async def test_a_tenant_over_its_lowered_cap_waits_and_others_still_run(
+    client: httpx.AsyncClient,
+    make_token: TokenFactory,
+    tenant: str,
+    start_pool: PoolFactory,
+    context: AppContext,
+) -> None:
+    """An admin lowers a tenant's cap below what it has running: its queued sessions wait,
+    and the claim still serves every other tenant."""
+    over = Api(client, tenant + "-over", make_token)
+    other = Api(client, tenant + "-other", make_token)
+    for api in (over, other):
+        await api.create_agent(name="quick", **script({"text": "done"}))
+    async with context.session_factory.begin() as db:  # 5 running, cap now 1
+        await db.execute(
+            text(
+                "UPDATE tenants SET max_running_sessions = 1, claimed_sessions = 5 "
+                "WHERE tenant_id = :t"
+            ),
+            {"t": over.tenant},
+        )
+    waiting = (await over.start("quick", "waits"))["id"]
+    runs = (await other.start("quick", "runs"))["id"]
+    await start_pool(concurrency=2)
+    assert (await other.wait(runs, within_seconds=15))["status"] == "completed"
+    await asyncio.sleep(0.5)
+    assert (await over.get(waiting))["status"] == "queued"
+
+
 async def test_sigterm_releases_the_session_and_another_worker_finishes_it(
     api: Api, database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
