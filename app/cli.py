@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -54,24 +56,34 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.embedded import resolve_database_url, resolve_redis_url
-    from app.main import build_context, create_app
+    from app.main import SERVE_WORKERS_ENV, build_context, create_app
 
     database_url = resolve_database_url(settings)
     redis_url = resolve_redis_url(settings)
     if problem := _ensure_migrated(settings, database_url, args.migrate):
         return _fail(problem)
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_config": None,
+        "access_log": False,
+        "loop": "uvloop",
+        "http": "httptools",
+        "timeout_graceful_shutdown": 30,
+    }
+    if args.processes > 1:
+        # uvicorn starts the processes; each builds its own app from the environment
+        os.environ.update(
+            {
+                "DATABASE_URL": database_url,
+                "REDIS_URL": redis_url,
+                SERVE_WORKERS_ENV: str(args.workers),
+            }
+        )
+        uvicorn.run("app.main:create_served_app", factory=True, workers=args.processes, **options)
+        return 0
     context = build_context(settings, database_url=database_url, redis_url=redis_url)
-    app = create_app(settings, context=context, workers=args.workers)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=30,
-    )
+    uvicorn.run(create_app(settings, context=context, workers=args.workers), **options)
     return 0
 
 
@@ -178,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=4,
         help="worker slots run inside the API process (0: the API alone)",
+    )
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="API processes sharing the port (each with --workers slots of its own)",
     )
     serve.set_defaults(handler=cmd_serve)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -141,3 +142,14 @@ def create_app(
     app.include_router(credentials.router)
     app.include_router(usage.router)
     return app
+
+
+SERVE_WORKERS_ENV = "AGENT_PLATFORM_SERVE_WORKERS"
+
+
+def create_served_app() -> FastAPI:
+    """The app of one of `serve --processes N`'s processes (uvicorn imports and calls this
+    in each): settings from the environment, where `serve` put the resolved database and
+    Redis URLs and its `--workers` count."""
+    settings = get_settings()
+    return create_app(settings, workers=int(os.environ.get(SERVE_WORKERS_ENV, "0")))

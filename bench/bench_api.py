@@ -1,10 +1,11 @@
 """API benchmark: `POST /v1/sessions` requests/s and latency at saturation, from a separate
 load process (wrk) on loopback, against `agent-platform serve --workers 0` (the API alone,
-uvicorn on uvloop/httptools, one process) with rate limiting on (limits set out of reach,
-so its Redis round trips are paid but nothing is refused). Prints requests/s, latency, and
-the server's CPU time per request (steadier than requests/s on a shared machine).
+uvicorn on uvloop/httptools; `--processes N` API processes sharing the port) with rate
+limiting on (limits set out of reach, so its Redis round trips are paid but nothing is
+refused), the database pool sized to the connections. Prints requests/s, latency, and the
+server's CPU time per request (steadier than requests/s on a shared machine).
 
-  .venv/bin/python bench/bench_api.py [--seconds 10] [--connections 64]
+  .venv/bin/python bench/bench_api.py [--seconds 10] [--connections 64] [--processes 1]
 
 Needs `wrk` (Debian package `wrk`; installed here if missing and we are root).
 """
@@ -19,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+import psutil
 from common import ROOT, bench_database, machine, wait_ready
 
 from app.api.auth import mint_token
@@ -50,9 +51,10 @@ def ensure_wrk() -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process `pid` has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds the process `pid` and its live children (the API
+    processes of `serve --processes N`) have used so far."""
+    process = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
 
 
 def main(args: argparse.Namespace) -> None:
@@ -69,10 +71,21 @@ def main(args: argparse.Namespace) -> None:
             "RATE_LIMIT_PER_SUBJECT": "100000000/minute",
             # a connection per concurrent request, as one would size it for this load (the
             # default 10 + 20 overflow closes and reopens connections under 64 requests)
-            "DATABASE_POOL_SIZE": str(args.connections),
+            "DATABASE_POOL_SIZE": str(max(1, args.connections // args.processes)),
         }
         server = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(args.port), "--workers", "0"],
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--port",
+                str(args.port),
+                "--workers",
+                "0",
+                "--processes",
+                str(args.processes),
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -113,7 +126,10 @@ def main(args: argparse.Namespace) -> None:
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     socket_errors = re.search(r"Socket errors:.*", output)
     total = re.search(r"(\d+) requests in", output)
-    print(f"POST /v1/sessions, wrk 1 thread x {args.connections} connections, {args.seconds} s:")
+    print(
+        f"POST /v1/sessions, {args.processes} API process(es), wrk 1 thread x "
+        f"{args.connections} connections, {args.seconds} s:"
+    )
     print(
         f"   {float(rps.group(1)) if rps else 0:.0f} requests/s, p50 {p50.group(1) if p50 else '?'}, p99 {p99.group(1) if p99 else '?'}, "
         f"non-2xx {errors.group(1) if errors else 0}{', ' + socket_errors.group(0) if socket_errors else ''}"
@@ -128,5 +144,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--processes", type=int, default=1, help="serve --processes N")
     parser.add_argument("--port", type=int, default=8765)
     main(parser.parse_args())

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.agents import repository
@@ -170,8 +171,11 @@ def read_yaml_folder(folder: Path) -> list[AgentWrite]:
 
 
 async def load_yaml_agents(db: AsyncSession, registry: ToolRegistry, folder: Path) -> list[str]:
-    """Create or update the platform-wide agents of the YAML folder; returns changed names."""
+    """Create or update the platform-wide agents of the YAML folder; returns changed names.
+    Processes starting together (`serve --processes N`) take turns: the first saves, the
+    others find nothing changed."""
     changed = []
+    await db.execute(text("SELECT pg_advisory_xact_lock(hashtext('agent-platform:yaml-agents'))"))
     for body in read_yaml_folder(folder):
         agent_view, did_change = await save(
             db, registry, tenant_id=None, body=body, created_by="yaml"

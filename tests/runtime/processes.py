@@ -92,7 +92,13 @@ class ServeProcess:
     """`agent-platform serve --workers N` on a free-ish port, on the test database."""
 
     def __init__(
-        self, database_url: str, redis_url: str, log_path: Path, *, workers: int = 2
+        self,
+        database_url: str,
+        redis_url: str,
+        log_path: Path,
+        *,
+        workers: int = 2,
+        processes: int = 1,
     ) -> None:
         self.port = 18000 + (os.getpid() * 7 + int(time.time() * 1000)) % 2000
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -103,7 +109,8 @@ class ServeProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers),
+             "--processes", str(processes)],
             cwd=PROJECT_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

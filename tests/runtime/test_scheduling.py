@@ -169,3 +169,41 @@ async def test_serve_with_workers_runs_sessions_in_the_api_process(
     # uvicorn re-raises the signal it handled once shutdown is complete.
     assert code in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in server.log_path.read_text()
+
+
+async def test_serve_with_two_processes_shares_the_port_and_runs_sessions(
+    database_url: str, redis_url: str, tenant: str, make_token: TokenFactory, tmp_path: Path
+) -> None:
+    """`serve --processes 2`: two API processes (each with its worker slots) behind one
+    port; both load the YAML agents at start-up without tripping over each other."""
+    import psutil
+
+    server = ServeProcess(database_url, redis_url, tmp_path / "serve.log", workers=1, processes=2)
+    try:
+        await asyncio.to_thread(server.wait_ready)
+        children = psutil.Process(server.process.pid).children()
+        assert len([c for c in children if "spawn_main" in " ".join(c.cmdline())]) == 2
+        headers = bearer(make_token(tenant))
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as http:
+            created = [
+                await http.post(
+                    "/v1/sessions",
+                    json={"agent": "support", "input": {"order_id": "ord_1003", "amount": 1}},
+                    headers=headers,
+                )
+                for _ in range(6)
+            ]
+            assert [r.status_code for r in created] == [202] * 6, created[0].text
+            for response in created:
+                session = (
+                    await http.get(
+                        f"/v1/sessions/{response.json()['id']}",
+                        params={"wait_seconds": 20},
+                        headers=headers,
+                    )
+                ).json()
+                assert session["status"] == "completed", session
+    finally:
+        code = await asyncio.to_thread(server.stop)
+    assert code in (0, -signal.SIGTERM)
+    assert "Traceback" not in server.log_path.read_text()
