@@ -50,10 +50,6 @@ class GuardrailSteps:
     guard: Guard | None
     taint: Taint
 
-    async def _settle_writes(self) -> None:
-        """Wait for writes still in flight (SessionRun's)."""
-        raise NotImplementedError
-
     async def _credentials_for(self, spec: ToolSpec) -> dict[str, str]:
         """The agent's stored credential for the tool, read now: a rotation or revocation
         applies from the next call. Only the executor sees it."""
@@ -147,7 +143,6 @@ class GuardrailSteps:
     async def _park_for_approval(self) -> None:
         """Hand the worker back while a reviewer decides (no lease, no slot held) — unless
         every request was decided already (a fast reviewer): then go on at once."""
-        await self._settle_writes()
         async with self.deps.store.pool.acquire() as connection, connection.transaction():
             locked = await connection.fetchval(
                 "SELECT lease_epoch FROM sessions WHERE session_id = $1 FOR UPDATE",

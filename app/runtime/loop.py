@@ -312,6 +312,7 @@ class SessionRun(GuardrailSteps):
             await self._persist_response(response, calls, conversation, audits, gated)
             await self._run_calls(calls, conversation)
             if gated:
+                await self._settle_writes()  # the park comes after every tool result
                 await self._park_for_approval()
             await self._after_tools(conversation)
             return
@@ -536,6 +537,7 @@ class SessionRun(GuardrailSteps):
         answered.sort(key=lambda block: order.get(block.get("tool_use_id"), len(order)))
         conversation.unsettled = []
         if still_pending:
+            await self._settle_writes()  # the park comes after every tool result
             await self._park_for_approval()
         await self._after_tools(conversation)
 

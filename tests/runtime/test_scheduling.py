@@ -148,22 +148,7 @@ async def test_serve_with_workers_runs_sessions_in_the_api_process(
     server = ServeProcess(database_url, redis_url, tmp_path / "serve.log", workers=2)
     try:
         await asyncio.to_thread(server.wait_ready)
-        headers = bearer(make_token(tenant))
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as http:
-            created = await http.post(
-                "/v1/sessions",
-                json={"agent": "support", "input": {"order_id": "ord_1003", "amount": 1}},
-                headers=headers,
-            )
-            assert created.status_code == 202, created.text
-            session = (
-                await http.get(
-                    f"/v1/sessions/{created.json()['id']}",
-                    params={"wait_seconds": 20},
-                    headers=headers,
-                )
-            ).json()
-            assert session["status"] == "completed", session
+        await _support_sessions_complete(server, bearer(make_token(tenant)), 1)
     finally:
         code = await asyncio.to_thread(server.stop)
     # uvicorn re-raises the signal it handled once shutdown is complete.
@@ -183,27 +168,33 @@ async def test_serve_with_two_processes_shares_the_port_and_runs_sessions(
         await asyncio.to_thread(server.wait_ready)
         children = psutil.Process(server.process.pid).children()
         assert len([c for c in children if "spawn_main" in " ".join(c.cmdline())]) == 2
-        headers = bearer(make_token(tenant))
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as http:
-            created = [
-                await http.post(
-                    "/v1/sessions",
-                    json={"agent": "support", "input": {"order_id": "ord_1003", "amount": 1}},
-                    headers=headers,
-                )
-                for _ in range(6)
-            ]
-            assert [r.status_code for r in created] == [202] * 6, created[0].text
-            for response in created:
-                session = (
-                    await http.get(
-                        f"/v1/sessions/{response.json()['id']}",
-                        params={"wait_seconds": 20},
-                        headers=headers,
-                    )
-                ).json()
-                assert session["status"] == "completed", session
+        await _support_sessions_complete(server, bearer(make_token(tenant)), 6)
     finally:
         code = await asyncio.to_thread(server.stop)
     assert code in (0, -signal.SIGTERM)
     assert "Traceback" not in server.log_path.read_text()
+
+
+async def _support_sessions_complete(
+    server: ServeProcess, headers: dict[str, str], sessions: int
+) -> None:
+    """Start `sessions` support sessions on `server`; each is accepted and completes."""
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as http:
+        created = [
+            await http.post(
+                "/v1/sessions",
+                json={"agent": "support", "input": {"order_id": "ord_1003", "amount": 1}},
+                headers=headers,
+            )
+            for _ in range(sessions)
+        ]
+        assert [r.status_code for r in created] == [202] * sessions, created[0].text
+        for response in created:
+            session = (
+                await http.get(
+                    f"/v1/sessions/{response.json()['id']}",
+                    params={"wait_seconds": 20},
+                    headers=headers,
+                )
+            ).json()
+            assert session["status"] == "completed", session
