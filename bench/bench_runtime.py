@@ -55,7 +55,7 @@ WITH s AS (
     RETURNING session_id
 ), e AS (
     INSERT INTO session_events (session_id, seq, type, data)
-    SELECT session_id, 1, 'session.queued', '{"status": "queued"}'::jsonb FROM s
+    SELECT session_id, 1, 'session.queued', '{"status":"queued"}'::json FROM s
 )
 SELECT pg_notify('agent_sessions', $1 || ':queued')
 """
@@ -70,7 +70,7 @@ WITH s AS (
     RETURNING session_id
 ), e AS (
     INSERT INTO session_events (session_id, seq, type, data)
-    SELECT session_id, 1, 'session.queued', '{"status": "queued"}'::jsonb FROM s
+    SELECT session_id, 1, 'session.queued', '{"status":"queued"}'::json FROM s
 )
 SELECT pg_notify('agent_sessions', 'bulk:queued')
 """

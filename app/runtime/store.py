@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from app.db.payloads import compact_json
 from app.observability import audit
 
 
@@ -59,15 +60,15 @@ WITH s AS (
     RETURNING event_seq, turns
 ), e AS (
     INSERT INTO session_events (session_id, seq, type, data)
-    SELECT $1, s.event_seq, 'model.response', $3::jsonb FROM s
+    SELECT $1, s.event_seq, 'model.response', $3::json FROM s
 ), t AS (
     INSERT INTO tool_calls (session_id, tool_use_id, turn, tool, arguments,
                             status, attempts, idempotent, error, finished_at)
     SELECT $1, x.tool_use_id, s.turns, x.tool, x.arguments, x.status, 0,
            x.idempotent, x.error,
            CASE WHEN x.status IN ('started', 'awaiting_approval') THEN NULL ELSE now() END
-    FROM s, jsonb_to_recordset($7::jsonb) AS x(tool_use_id text, tool text,
-         arguments jsonb, status text, idempotent boolean, error text)
+    FROM s, json_to_recordset($7::json) AS x(tool_use_id text, tool text,
+         arguments json, status text, idempotent boolean, error text)
 )
 SELECT event_seq, turns FROM s
 """
@@ -79,11 +80,11 @@ WITH s AS (
     RETURNING event_seq
 ), t AS (
     UPDATE tool_calls c
-    SET status = $4, result = $5::jsonb, error = $6, attempts = c.attempts + $7, finished_at = now()
+    SET status = $4, result = $5::json, error = $6, attempts = c.attempts + $7, finished_at = now()
     FROM s WHERE c.session_id = $1 AND c.tool_use_id = $3
 ), e AS (
     INSERT INTO session_events (session_id, seq, type, data)
-    SELECT $1, s.event_seq, 'tool.result', $8::jsonb FROM s
+    SELECT $1, s.event_seq, 'tool.result', $8::json FROM s
 )
 SELECT event_seq FROM s
 """
@@ -124,7 +125,7 @@ _RECORD_TOOL_RESULT_LINKED = _linked(
 # A reviewer approved a parked call: it is `started` now, with the approved arguments
 # (fenced; only from awaiting_approval, so it can start once).
 _START_APPROVED = """
-UPDATE tool_calls c SET status = 'started', arguments = $4::jsonb
+UPDATE tool_calls c SET status = 'started', arguments = $4::json
 FROM sessions s
 WHERE c.session_id = $1 AND c.tool_use_id = $3 AND c.status = 'awaiting_approval'
   AND s.session_id = $1 AND s.lease_epoch = $2 AND s.status = 'running'
@@ -138,7 +139,7 @@ WITH s AS (
     RETURNING event_seq
 )
 INSERT INTO session_events (session_id, seq, type, data)
-SELECT $1, s.event_seq, 'platform.note', $3::jsonb FROM s
+SELECT $1, s.event_seq, 'platform.note', $3::json FROM s
 RETURNING seq
 """
 
@@ -198,10 +199,6 @@ class PlannedCall:
         return self.__dict__.copy()
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str, separators=(",", ":"))
-
-
 class RuntimeStore:
     def __init__(self, pool: asyncpg.Pool, announce: Callable[[str], None] | None = None) -> None:
         self.pool = pool
@@ -228,8 +225,8 @@ class RuntimeStore:
     ) -> int:
         """Persist a model response and its tool calls; returns the session's turn count."""
         args: tuple[Any, ...] = (
-            session_id, epoch, _dumps(response), input_tokens, output_tokens, cost_usd,
-            _dumps([call.as_json() for call in calls]),
+            session_id, epoch, compact_json(response), input_tokens, output_tokens, cost_usd,
+            compact_json([call.as_json() for call in calls]),
         )  # fmt: skip
         row = await self._write_step(
             (_RECORD_RESPONSE, _RECORD_RESPONSE_AUDITED, _RECORD_RESPONSE_LINKED),
@@ -267,7 +264,7 @@ class RuntimeStore:
         self, session_id: str, epoch: int, tool_use_id: str, arguments: dict[str, Any]
     ) -> None:
         row = await self.pool.fetchrow(
-            _START_APPROVED, session_id, epoch, tool_use_id, _dumps(arguments)
+            _START_APPROVED, session_id, epoch, tool_use_id, compact_json(arguments)
         )
         if row is None:
             raise LeaseLost(session_id)
@@ -288,7 +285,7 @@ class RuntimeStore:
     ) -> None:
         args: tuple[Any, ...] = (
             session_id, epoch, tool_use_id, status,
-            None if result is None else _dumps(result), error, attempts, _dumps(event),
+            None if result is None else compact_json(result), error, attempts, compact_json(event),
         )  # fmt: skip
         row = await self._write_step(
             (_RECORD_TOOL_RESULT, _RECORD_TOOL_RESULT_AUDITED, _RECORD_TOOL_RESULT_LINKED),
@@ -299,7 +296,7 @@ class RuntimeStore:
         self.announce(session_id)
 
     async def record_note(self, session_id: str, epoch: int, note: dict[str, Any]) -> None:
-        if await self.pool.fetchrow(_RECORD_NOTE, session_id, epoch, _dumps(note)) is None:
+        if await self.pool.fetchrow(_RECORD_NOTE, session_id, epoch, compact_json(note)) is None:
             raise LeaseLost(session_id)
         self.announce(session_id)
 

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from app.agents import repository as agents_repository
+from app.db.payloads import compact_json
 from app.observability.audit import (
     CHAIN_LOCK_SQL,
     AuditAction,
@@ -98,7 +99,7 @@ WITH tenant_load AS (
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
     SELECT session_id, event_seq, '{state_event(SessionStatus.RUNNING)}',
-           jsonb_build_object('status', 'running', 'attempt', lease_epoch)
+           ('{{"status":"running","attempt":' || lease_epoch || '}}')::json
     FROM claimed
 )
 SELECT claimed.*, v.definition AS agent_definition,
@@ -175,7 +176,7 @@ WITH old AS (
     {_release("changed", "old_status = 'running'")}
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
-    SELECT session_id, event_seq, 'session.' || $2::text, $9::jsonb FROM changed
+    SELECT session_id, event_seq, 'session.' || $2::text, $9::json FROM changed
 ), outboxed AS (
     -- The webhook of a finished or waiting session, in the same transaction as the change.
     {_outbox("changed", "$2::text")}
@@ -212,9 +213,9 @@ WITH s AS (
     {_release("s")}
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
-    SELECT $1, s.event_seq - 1, 'model.response', $3::jsonb FROM s
+    SELECT $1, s.event_seq - 1, 'model.response', $3::json FROM s
     UNION ALL
-    SELECT $1, s.event_seq, '{state_event(SessionStatus.COMPLETED)}', $8::jsonb FROM s
+    SELECT $1, s.event_seq, '{state_event(SessionStatus.COMPLETED)}', $8::json FROM s
 ), outboxed AS (
     {_outbox("s", "'completed'")}
 ), {linked_insert_ctes("s", "s.tenant_id", "$1", 9)}
@@ -295,7 +296,7 @@ async def change(
         None if error is None else json.dumps(error),
         set_error or error is not None,
         delay_seconds,
-        json.dumps(data),
+        compact_json(data),
         NOTIFY_CHANNEL,
         actor,
         hashlib.sha256(audited.encode()).hexdigest(),
@@ -326,8 +327,8 @@ async def complete_with_response(
         chain.tenant_id, chain.session_id, "platform", AuditAction.SESSION_STATUS, data
     )
     args = (
-        chain.session_id, epoch, json.dumps(response, default=str, separators=(",", ":")),
-        input_tokens, output_tokens, cost_usd, json.dumps(result), json.dumps(data),
+        chain.session_id, epoch, compact_json(response),
+        input_tokens, output_tokens, cost_usd, json.dumps(result), compact_json(data),
     )  # fmt: skip
     row = await write_linked(pool, _COMPLETE_WITH_RESPONSE, args, [model_call, status_entry], chain)
     if row is None:
@@ -357,7 +358,7 @@ WITH agent AS ({agents_repository.for_new_session_sql("$2", "$3", "$4::integer")
     RETURNING *
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
-    SELECT session_id, 1, '{state_event(SessionStatus.QUEUED)}', '{{"status": "queued"}}'::jsonb FROM s
+    SELECT session_id, 1, '{state_event(SessionStatus.QUEUED)}', '{{"status":"queued"}}'::json FROM s
 )
 -- only what the view of a new session needs (no jsonb to decode), and the audit entry's
 -- count rather than its bigint[] (a type asyncpg looks up on each new connection)

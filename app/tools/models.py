@@ -13,6 +13,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
+from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, created_at_column
@@ -64,11 +65,12 @@ class ToolCall(Base):
     tool_use_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     turn: Mapped[int] = mapped_column(Integer, nullable=False)
     tool: Mapped[str] = mapped_column(String(128), nullable=False)
-    arguments: Mapped[dict[str, Any]] = mapped_column(nullable=False)
+    # `json`, like event payloads: written whole, read whole (migration 0014)
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     status: Mapped[str] = mapped_column(String(32), nullable=False)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     idempotent: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    result: Mapped[dict[str, Any] | None] = mapped_column()
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = created_at_column()
     finished_at: Mapped[datetime | None] = mapped_column()
