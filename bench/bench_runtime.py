@@ -41,6 +41,7 @@ from common import (
 from app.agents import service as agents_service
 from app.agents.schemas import AgentWrite
 from app.db.engine import create_engine, create_session_factory
+from app.db.ids import new_id
 from app.runtime.worker import WorkerPool
 from app.settings import RuntimeSettings, Settings
 from app.tools.registry import ToolRegistry
@@ -64,15 +65,15 @@ _ENQUEUE_MANY = """
 WITH s AS (
     INSERT INTO sessions (session_id, tenant_id, agent_id, agent_name, agent_version, input,
                           event_seq, deadline_at, trace_id)
-    SELECT $1 || '_' || g, $2, $3, $4, $5, '"do three lookups"'::jsonb, 1,
-           now() + interval '1 hour', md5(g::text)
-    FROM generate_series(1, $6) AS g
+    SELECT id, $2, $3, $4, $5, '"do three lookups"'::jsonb, 1,
+           now() + interval '1 hour', md5(id)
+    FROM unnest($1::text[]) AS id
     RETURNING session_id
 ), e AS (
     INSERT INTO session_events (session_id, seq, type, data)
     SELECT session_id, 1, 'session.queued', '{"status":"queued"}'::json FROM s
 )
-SELECT pg_notify('agent_sessions', 'bulk:queued')
+SELECT pg_notify('agent_sessions', 'bulk:queued'), now() AS created_at
 """
 
 _STATS = """
@@ -111,16 +112,18 @@ class RunEndings:
 
 
 async def wait_until_all_ended(
-    conn: Any, prefix: str, n: int, within_seconds: float
+    conn: Any, created_at: Any, n: int, within_seconds: float
 ) -> tuple[float, list[float], list[str]]:
-    """Poll (every 20 ms) until the `n` sessions named `prefix_*` have ended: the wall time
-    from now, each session's end relative to its creation (database clock), and the ids of
-    those that did not complete."""
+    """Poll (every 20 ms, by the (tenant, created_at) index) until the `n` sessions enqueued
+    at `created_at` have ended: the wall time from now, each session's end relative to its
+    creation (database clock), and the ids of those that did not complete."""
     started = time.perf_counter()
     while True:
         ended = await conn.fetchval(
-            f"SELECT count(*) FROM sessions WHERE session_id LIKE $1 AND status IN {_TERMINAL}",
-            prefix + "\\_%",
+            "SELECT count(*) FROM sessions WHERE tenant_id = $1 AND created_at >= $2"
+            f" AND status IN {_TERMINAL}",
+            TENANT,
+            created_at,
         )
         if ended >= n:
             break
@@ -130,8 +133,9 @@ async def wait_until_all_ended(
     wall = time.perf_counter() - started
     rows = await conn.fetch(
         """SELECT session_id, status, extract(epoch FROM finished_at - created_at) AS seconds
-           FROM sessions WHERE session_id LIKE $1""",
-        prefix + "\\_%",
+           FROM sessions WHERE tenant_id = $1 AND created_at >= $2""",
+        TENANT,
+        created_at,
     )
     failed = [row["session_id"] for row in rows if row["status"] != "completed"]
     return wall, sorted(float(row["seconds"]) for row in rows), failed
@@ -185,7 +189,7 @@ async def phase_sequential(
     latencies = []
     ids = []
     for _ in range(n):
-        session_id = f"seq_{uuid.uuid4().hex[:16]}"
+        session_id = new_id("ses")
         ids.append(session_id)
         started = time.perf_counter()
         await writer.execute(_ENQUEUE_ONE, session_id, TENANT, *agent, uuid.uuid4().hex)
@@ -299,10 +303,12 @@ async def phase_batch(
     workers = start_workers(database_url, processes, concurrency)
     writer = await connect(database_url)
     await wait_for_listening_workers(writer, processes)
-    prefix = f"b{uuid.uuid4().hex[:8]}"
+    ids = [new_id("ses") for _ in range(n)]  # ids as POST /v1/sessions makes them
     started = time.perf_counter()
-    await writer.execute(_ENQUEUE_MANY, prefix, TENANT, *agent, n)
-    _, latencies, failed = await wait_until_all_ended(writer, prefix, n, within_seconds)
+    enqueued = await writer.fetchrow(_ENQUEUE_MANY, ids, TENANT, *agent)
+    _, latencies, failed = await wait_until_all_ended(
+        writer, enqueued["created_at"], n, within_seconds
+    )
     wall = time.perf_counter() - started
     peaks = [peak_rss_mib(worker.pid) for worker in workers]
     await writer.close()

@@ -133,25 +133,24 @@ def _merged(batch: list[tuple[int, str]]) -> list[tuple[int, str]]:
 
 @dataclass(frozen=True)
 class FeedEvent:
-    event_id: int
-    seq: int
+    seq: int  # the event's id: it numbers the session's events in commit order
     type: str
     data: dict[str, Any]
     created_at: datetime
 
     @classmethod
     def of(cls, row: SessionEvent) -> FeedEvent:
-        return cls(row.event_id, row.seq, row.type, row.data, row.created_at)
+        return cls(row.seq, row.type, row.data, row.created_at)
 
     @property
     def transient(self) -> bool:
         """A live-only event (a text delta): no id, never stored, not replayed."""
-        return self.event_id == 0
+        return self.seq == 0
 
 
 @dataclass
 class _Feed:
-    last_event_id: int
+    last_seq: int
     followers: set[asyncio.Queue[FeedEvent]] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -197,16 +196,12 @@ class SessionFeedHub:
 
     # -- following ------------------------------------------------------------------------
 
-    async def backlog(
-        self, session_id: str, after_event_id: int, limit: int = 1000
-    ) -> list[FeedEvent]:
+    async def backlog(self, session_id: str, after_seq: int, limit: int = 1000) -> list[FeedEvent]:
         async with self.session_factory() as db:
             rows = await db.execute(
                 select(SessionEvent)
-                .where(
-                    SessionEvent.session_id == session_id, SessionEvent.event_id > after_event_id
-                )
-                .order_by(SessionEvent.event_id)
+                .where(SessionEvent.session_id == session_id, SessionEvent.seq > after_seq)
+                .order_by(SessionEvent.seq)
                 .limit(limit)
             )
             return [FeedEvent.of(row) for row in rows.scalars()]
@@ -219,11 +214,11 @@ class SessionFeedHub:
         if feed is None:
             async with self.session_factory() as db:
                 last = await db.scalar(
-                    select(func.coalesce(func.max(SessionEvent.event_id), 0)).where(
+                    select(func.coalesce(func.max(SessionEvent.seq), 0)).where(
                         SessionEvent.session_id == session_id
                     )
                 )
-            feed = self._feeds.setdefault(session_id, _Feed(last_event_id=int(last or 0)))
+            feed = self._feeds.setdefault(session_id, _Feed(last_seq=int(last or 0)))
         queue: asyncio.Queue[FeedEvent] = asyncio.Queue()
         feed.followers.add(queue)
         try:
@@ -250,9 +245,9 @@ class SessionFeedHub:
         if feed is None:
             return
         async with feed.lock:
-            events = await self.backlog(session_id, feed.last_event_id)
+            events = await self.backlog(session_id, feed.last_seq)
             for event in events:
-                feed.last_event_id = max(feed.last_event_id, event.event_id)
+                feed.last_seq = max(feed.last_seq, event.seq)
                 for queue in feed.followers:
                     queue.put_nowait(event)
 
@@ -261,7 +256,7 @@ class SessionFeedHub:
         feed = self._feeds.get(delta.pop("session_id", ""))
         if feed is None:
             return
-        event = FeedEvent(0, 0, "delta", delta, datetime.now(UTC))
+        event = FeedEvent(0, "delta", delta, datetime.now(UTC))
         for queue in feed.followers:
             queue.put_nowait(event)
 

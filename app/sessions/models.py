@@ -7,14 +7,13 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Enum,
     ForeignKey,
-    Identity,
     Index,
     Integer,
     Numeric,
     String,
     Text,
-    UniqueConstraint,
     func,
     text,
 )
@@ -22,6 +21,7 @@ from sqlalchemy.dialects.postgresql import JSON, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, created_at_column
+from app.sessions.events import stored_event_types
 
 SESSION_STATUSES = (
     "queued",
@@ -111,18 +111,19 @@ class Session(Base):
 
 
 class SessionEvent(Base):
-    """An append-only record of something that happened in a session. `event_id` increases
-    globally (so it is the SSE id); `seq` numbers a session's events without gaps."""
+    """An append-only record of something that happened in a session. `seq` numbers a
+    session's events without gaps in commit order (the session row's lock assigns it), so
+    it is the event's id in the API and the SSE stream (migration 0015)."""
 
     __tablename__ = "session_events"
-    __table_args__ = (UniqueConstraint("session_id", "seq"),)
 
-    event_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     session_id: Mapped[str] = mapped_column(
-        String(40), ForeignKey("sessions.session_id", ondelete="CASCADE"), nullable=False
+        String(40), ForeignKey("sessions.session_id", ondelete="CASCADE"), primary_key=True
     )
-    seq: Mapped[int] = mapped_column(Integer, nullable=False)
-    type: Mapped[str] = mapped_column(String(64), nullable=False)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(
+        Enum(*stored_event_types(), name="session_event_type"), nullable=False
+    )
     # `json`, not `jsonb`: written once, read whole, never searched inside (migration 0014)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     created_at: Mapped[datetime] = created_at_column()

@@ -52,8 +52,8 @@ async def events(
     await get(scope, session_id)
     rows = await scope.db.execute(
         select(SessionEvent)
-        .where(SessionEvent.session_id == session_id, SessionEvent.event_id > after_id)
-        .order_by(SessionEvent.event_id)
+        .where(SessionEvent.session_id == session_id, SessionEvent.seq > after_id)
+        .order_by(SessionEvent.seq)
         .limit(limit + 1)
     )
     return list(rows.scalars())

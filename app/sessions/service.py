@@ -221,7 +221,7 @@ async def cancel(
 async def events(scope: TenantScope, session_id: str, *, after_id: int, limit: int) -> EventList:
     rows = await repository.events(scope, session_id, after_id=after_id, limit=limit)
     items = [
-        EventView(id=r.event_id, seq=r.seq, type=r.type, data=r.data, created_at=r.created_at)
+        EventView(id=r.seq, seq=r.seq, type=r.type, data=r.data, created_at=r.created_at)
         for r in rows[:limit]
     ]
     next_cursor = str(items[-1].id) if len(rows) > limit else None

@@ -20,7 +20,7 @@ SETTLED_EVENTS = TERMINAL_EVENTS | {
 
 def sse_frame(event: FeedEvent) -> bytes:
     data = {
-        "id": event.event_id,
+        "id": event.seq,
         "seq": event.seq,
         "type": event.type,
         "data": event.data,
@@ -29,27 +29,27 @@ def sse_frame(event: FeedEvent) -> bytes:
     payload = json.dumps(data, separators=(",", ":"), default=str)
     if event.transient:  # no id: a resumed stream never asks for it again
         return f"event: {event.type}\ndata: {payload}\n\n".encode()
-    return f"id: {event.event_id}\nevent: {event.type}\ndata: {payload}\n\n".encode()
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {payload}\n\n".encode()
 
 
 async def stream_events(
     hub: SessionFeedHub,
     session_id: str,
     *,
-    after_event_id: int,
+    after_seq: int,
     session_finished: bool,
     heartbeat_seconds: float,
 ) -> AsyncIterator[bytes]:
-    """Every event after `after_event_id`, in order, exactly once; then the live ones; the
+    """Every event after `after_seq`, in order, exactly once; then the live ones; the
     stream ends after the terminal event."""
     yield b"retry: 2000\n\n"
-    last_sent = after_event_id
+    last_sent = after_seq
     async with hub.follow(session_id) as live:
         # Joined the live feed first, then read the backlog: nothing can fall in between.
         while True:
             backlog = await hub.backlog(session_id, last_sent)
             for event in backlog:
-                last_sent = event.event_id
+                last_sent = event.seq
                 yield sse_frame(event)
                 if event.type in TERMINAL_EVENTS:
                     return
@@ -66,9 +66,9 @@ async def stream_events(
             if event.transient:
                 yield sse_frame(event)
                 continue
-            if event.event_id <= last_sent:
+            if event.seq <= last_sent:
                 continue  # already sent from the backlog
-            last_sent = event.event_id
+            last_sent = event.seq
             yield sse_frame(event)
             if event.type in TERMINAL_EVENTS:
                 return

@@ -176,7 +176,8 @@ WITH old AS (
     {_release("changed", "old_status = 'running'")}
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
-    SELECT session_id, event_seq, 'session.' || $2::text, $9::json FROM changed
+    SELECT session_id, event_seq, ('session.' || $2::text)::session_event_type, $9::json
+    FROM changed
 ), outboxed AS (
     -- The webhook of a finished or waiting session, in the same transaction as the change.
     {_outbox("changed", "$2::text")}
@@ -213,7 +214,7 @@ WITH s AS (
     {_release("s")}
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
-    SELECT $1, s.event_seq - 1, 'model.response', $3::json FROM s
+    SELECT $1, s.event_seq - 1, 'model.response'::session_event_type, $3::json FROM s
     UNION ALL
     SELECT $1, s.event_seq, '{state_event(SessionStatus.COMPLETED)}', $8::json FROM s
 ), outboxed AS (

@@ -173,7 +173,7 @@ async def session_events(
         stream_events(
             context.feed,
             session_id,
-            after_event_id=resume_after,
+            after_seq=resume_after,
             session_finished=session.status.is_terminal,
             heartbeat_seconds=context.settings.api.sse_heartbeat_seconds,
         ),
