@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -79,6 +80,9 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # What start-up built (modules, settings, registries) lives as long as the process:
+    # keep it out of the garbage collector's full scans.
+    gc.freeze()
     try:
         await pool.run(stop)
     finally:

@@ -64,6 +64,7 @@ class SessionRun(ModelCalls, ToolSteps, ResponseSteps):
     _pending_usage: tuple[int, int, Decimal] = (0, 0, Decimal(0))
     chain: SessionChain = field(init=False)
     _writing: list[asyncio.Future[None]] = field(default_factory=list)
+    _model_call: asyncio.Future[ModelResponse] | None = None
 
     def __post_init__(self) -> None:
         self.chain = SessionChain(
@@ -74,6 +75,7 @@ class SessionRun(ModelCalls, ToolSteps, ResponseSteps):
 
     def request_cancel(self) -> None:
         self.cancel_event.set()
+        self.interrupt_model_call()
 
     def request_drain(self) -> None:
         self.drain_event.set()

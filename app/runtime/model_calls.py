@@ -43,6 +43,7 @@ class ModelCalls(StepWrites):
     tools: dict[str, ToolSpec]
     model_backoffs: int
     compacted: bool  # at most one compaction per run
+    _model_call: asyncio.Future[ModelResponse] | None  # the call in flight
 
     async def _call_model(self, conversation: Conversation) -> ModelResponse:
         definition = self.claimed.definition
@@ -180,14 +181,24 @@ class ModelCalls(StepWrites):
             raise AssertionError("unreachable") from None
 
     async def _race_cancel(self, awaitable: Any) -> ModelResponse:
-        """Model calls have no side effects: a cancel interrupts them at once."""
-        call = asyncio.ensure_future(awaitable)
-        cancelled = asyncio.ensure_future(self.cancel_event.wait())
-        try:
-            await asyncio.wait({call, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancelled.cancel()
-        if not call.done():
+        """Model calls have no side effects: a cancel interrupts them at once (the call
+        runs as a task that `interrupt_model_call` cancels)."""
+        call: asyncio.Future[ModelResponse] = asyncio.ensure_future(awaitable)
+        self._model_call = call
+        if self.cancel_event.is_set():
             call.cancel()
-            await self._end(SessionStatus.CANCELLED, error=("cancelled", "cancelled on request"))
-        return call.result()  # type: ignore[no-any-return]
+        try:
+            return await call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not call.cancelled() or (current is not None and current.cancelling()):
+                raise  # this run itself is being cancelled, not the call
+        finally:
+            self._model_call = None
+        await self._end(SessionStatus.CANCELLED, error=("cancelled", "cancelled on request"))
+        raise AssertionError("unreachable")
+
+    def interrupt_model_call(self) -> None:
+        """A cancel was requested: the model call in flight, if any, stops now."""
+        if self._model_call is not None:
+            self._model_call.cancel()

@@ -42,7 +42,7 @@ async def _keep_session_state(_connection: asyncpg.Connection) -> None:
 async def create_pool(database_url: str, *, max_size: int) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         asyncpg_dsn(database_url),
-        min_size=min(2, max_size),
+        min_size=max_size,
         max_size=max_size,
         reset=_keep_session_state,
         server_settings={"application_name": "agent-platform-worker"},
