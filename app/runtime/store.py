@@ -11,6 +11,7 @@ Status changes go through `app.sessions.transitions`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -157,13 +158,25 @@ WHERE c.session_id = $1 AND c.status = 'started'
   AND s.session_id = $1 AND s.lease_epoch = $2 AND s.status = 'running'
 """
 
+# Extends the leases still held. `{skip}` empty: waits for rows a step is writing;
+# `SKIP LOCKED`: passes them by (see `RuntimeStore.heartbeat`).
 _HEARTBEAT = """
+WITH mine AS (
+    SELECT s.session_id FROM sessions s
+    JOIN unnest($1::text[], $2::bigint[]) AS held(session_id, epoch)
+      ON s.session_id = held.session_id AND s.lease_epoch = held.epoch
+    WHERE s.status = 'running' AND s.worker_id = $4
+    FOR NO KEY UPDATE OF s {skip}
+)
 UPDATE sessions s SET lease_expires_at = now() + make_interval(secs => $3)
-FROM unnest($1::text[], $2::bigint[]) AS held(session_id, epoch)
-WHERE s.session_id = held.session_id AND s.lease_epoch = held.epoch
-  AND s.status = 'running' AND s.worker_id = $4
+FROM mine WHERE s.session_id = mine.session_id
 RETURNING s.session_id, s.cancel_requested_at IS NOT NULL AS cancel_requested
 """
+_HEARTBEAT_WAITING = _HEARTBEAT.format(skip="")
+_HEARTBEAT_PASSING_BUSY = _HEARTBEAT.format(skip="SKIP LOCKED")
+# Passes over busy rows before the last (waiting) pass, and the pause between passes.
+HEARTBEAT_PASSES = 4
+HEARTBEAT_PASS_PAUSE_SECONDS = 0.02
 
 _HISTORY = """
 SELECT type, data FROM session_events
@@ -321,14 +334,30 @@ class RuntimeStore:
         *,
         pool: asyncpg.Pool | None = None,
     ) -> dict[str, bool]:
-        """Extend the leases still held; returns {session_id: cancel_requested} for those."""
-        if not leases:
-            return {}
-        ids = list(leases)
-        rows = await (pool or self.pool).fetch(
-            _HEARTBEAT, ids, [leases[i] for i in ids], ttl_seconds, worker_id
-        )
-        return {row["session_id"]: row["cancel_requested"] for row in rows}
+        """Extend the leases still held; returns {session_id: cancel_requested} for those.
+
+        A session whose step is being written holds its row for a moment. Waiting for it
+        would keep every row already extended locked meanwhile, so the sessions of a busy
+        worker (a thousand of them) queued behind the heartbeat: the first passes skip busy
+        rows and come back for them, and only the last waits, for the few still busy."""
+        held: dict[str, bool] = {}
+        remaining = dict(leases)
+        for attempt in range(HEARTBEAT_PASSES + 1):
+            if not remaining:
+                break
+            if attempt:
+                await asyncio.sleep(HEARTBEAT_PASS_PAUSE_SECONDS)
+            statement = (
+                _HEARTBEAT_WAITING if attempt == HEARTBEAT_PASSES else _HEARTBEAT_PASSING_BUSY
+            )
+            ids = list(remaining)
+            rows = await (pool or self.pool).fetch(
+                statement, ids, [remaining[i] for i in ids], ttl_seconds, worker_id
+            )
+            for row in rows:
+                held[row["session_id"]] = row["cancel_requested"]
+                del remaining[row["session_id"]]
+        return held
 
     async def history(
         self, session_id: str
