@@ -21,7 +21,7 @@ from app.llm.fake_anthropic.script import Fail, Reply, ToolUse
 from app.llm.gateway import ProviderGateway
 from app.llm.model import ModelCallFailed, ModelRequest
 from app.llm.providers import ModelResolver, build_gateway
-from app.settings import AnthropicSettings, LlmSettings, Settings
+from app.settings import AnthropicSettings, LlmSettings, RedisSettings, Settings
 from tests.conftest import make_settings
 from tests.runtime_fixtures import Api, PoolFactory
 
@@ -40,6 +40,9 @@ def gateway_settings(fake: FakeAnthropicServer, **llm: Any) -> Settings:
     return make_settings(
         anthropic=AnthropicSettings(api_key=fake.api_key, base_url=fake.base_url),
         llm=LlmSettings(**values),
+        # These tests are not about a slow Redis: on a busy 2-core machine one breaker call
+        # once took longer than the 0.25 s default, and its circuit fell back per-process.
+        redis=RedisSettings(socket_timeout_seconds=2, connect_timeout_seconds=2),
     )
 
 
