@@ -325,8 +325,9 @@ async def phase_batch(
 
 
 async def run(args: argparse.Namespace, settings: Settings, database_url: str) -> None:
-    if True:
-        agents = await setup(database_url, settings)
+    agents = await setup(database_url, settings)
+    failures: list[str] = []
+    if args.seq:
         await phase_sequential(database_url, settings, agents[0], 20)  # warm-up
         a = await phase_sequential(database_url, settings, agents[0], args.seq)
         print(f"a. {args.seq} sessions sequentially (concurrency 1), instant model")
@@ -345,6 +346,8 @@ async def run(args: argparse.Namespace, settings: Settings, database_url: str) -
         print(
             f"   {a['rows']:.0f} rows, {a['state_bytes'] / 1024:.2f} KiB of session state  {json.dumps({k: round(float(v), 1) for k, v in a['breakdown'].items()})}"
         )
+        failures += a["failed"]
+    if args.tp:
         b = await phase_batch(database_url, agents[0], args.tp, 2, 25, 300)
         print(
             f"b. {args.tp} sessions, 2 worker processes x 25 slots (concurrency 50), instant model"
@@ -352,25 +355,26 @@ async def run(args: argparse.Namespace, settings: Settings, database_url: str) -
         print(
             f"   {b['turns_per_s']:.0f} turns/s, {b['sessions_per_s']:.0f} sessions/s, wall {b['wall']:.2f} s, p99 session {b['p99']:.2f} s"
         )
-        for n in args.big:
-            c = await phase_batch(database_url, agents[200], n, 2, (n + 1) // 2, 600)
-            print(
-                f"c. {n} sessions at once, 200 ms model, 2 worker processes x {(n + 1) // 2} slots"
-            )
-            print(
-                f"   wall {c['wall']:.2f} s (ideal 0.80 s, ratio {c['wall'] / 0.8:.1f}x), p50 {c['p50']:.2f} s, p99 {c['p99']:.2f} s, peak RSS per worker {', '.join(f'{p:.0f}' for p in c['peak_rss_mib'])} MiB"
-            )
-        failures = a["failed"] + b["failed"]
-        if failures:
-            print(f"!! {len(failures)} sessions did not complete: {failures[:5]}")
-            sys.exit(1)
+        failures += b["failed"]
+    for n in args.big:
+        c = await phase_batch(database_url, agents[200], n, 2, (n + 1) // 2, 600)
+        print(f"c. {n} sessions at once, 200 ms model, 2 worker processes x {(n + 1) // 2} slots")
+        print(
+            f"   wall {c['wall']:.2f} s (ideal 0.80 s, ratio {c['wall'] / 0.8:.1f}x), p50 {c['p50']:.2f} s, p99 {c['p99']:.2f} s, peak RSS per worker {', '.join(f'{p:.0f}' for p in c['peak_rss_mib'])} MiB"
+        )
+        failures += c["failed"]
+    if failures:
+        print(f"!! {len(failures)} sessions did not complete: {failures[:5]}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seq", type=int, default=200)
     parser.add_argument("--tp", type=int, default=1000)
-    parser.add_argument("--big", type=lambda s: [int(x) for x in s.split(",")], default=[500, 2000])
+    parser.add_argument(
+        "--big", type=lambda s: [int(x) for x in s.split(",") if x], default=[500, 2000]
+    )
     arguments = parser.parse_args()
     bench_settings = Settings()
     print(

@@ -87,6 +87,11 @@ class WorkerPool:
         self.worker_id = worker_id or default_worker_id()
         self.runs: dict[str, tuple[SessionRun, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
+        # Whether a claim may find work: set by news of queued sessions (NOTIFY, requeues),
+        # a full batch and the polling safety net; a slot freed alone does not set it, so a
+        # worker that just finished a session does not ask an empty queue again.
+        self._maybe_queued = True
+        self._last_claim_at = 0.0
         self._approval_requested = asyncio.Event()
         self._stopping = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
@@ -161,12 +166,20 @@ class WorkerPool:
             while not stop.is_set():
                 # Clear before claiming: a wake-up that arrives while we claim is kept.
                 self._wake.clear()
+                if time.monotonic() - self._last_claim_at >= self.settings.poll_interval_seconds:
+                    self._maybe_queued = True  # the safety net: news can be lost
                 free = self.concurrency - len(self.runs)
                 claimed = 0
-                if free > 0:
+                if free > 0 and self._maybe_queued:
+                    self._maybe_queued = False
+                    self._last_claim_at = time.monotonic()
                     claimed = await self._claim(deps, free)
-                if claimed and claimed < free:
-                    continue  # there may be more queued work right now
+                    if claimed:
+                        # a full batch may have left more behind; a partial one may have
+                        # been cut short by other workers' locks: look again
+                        self._maybe_queued = True
+                        if claimed < free:
+                            continue
                 wake = asyncio.create_task(self._wake.wait())
                 await asyncio.wait(
                     {wake, stop_waiter},
@@ -187,6 +200,7 @@ class WorkerPool:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             logger.warning("claim failed: %r; retrying", exc)
             await asyncio.sleep(0.5)
+            self._maybe_queued = True
             return 0
         expires_at = time.monotonic() + self.settings.lease_ttl_seconds
         for row in rows:
@@ -211,7 +225,7 @@ class WorkerPool:
     def _finished_callback(self, session_id: str) -> Callable[[asyncio.Task[None]], None]:
         def finished(_task: asyncio.Task[None]) -> None:
             self.runs.pop(session_id, None)
-            self._wake.set()  # a slot is free: look for more work
+            self._wake.set()  # a slot is free: claim if work was queued meanwhile
 
         return finished
 
@@ -247,13 +261,18 @@ class WorkerPool:
 
     # -- background duties -------------------------------------------------------------------
 
+    def _queued_news(self) -> None:
+        """Sessions were queued: claim as soon as a slot is free."""
+        self._maybe_queued = True
+        self._wake.set()
+
     def _on_notify(self, _connection: object, _pid: int, channel: str, payload: str) -> None:
         if channel == CANCEL_CHANNEL:
             entry = self.runs.get(payload)
             if entry is not None:
                 entry[0].request_cancel()
         elif payload.endswith(":queued"):
-            self._wake.set()
+            self._queued_news()
 
     async def _listen(self) -> None:
         """Hold a LISTEN connection; reconnect if it drops (polling covers the gap)."""
@@ -265,7 +284,7 @@ class WorkerPool:
                 await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 await self._listener.add_listener(CANCEL_CHANNEL, self._on_notify)
                 await self._listener.add_listener(APPROVALS_CHANNEL, self._on_approval_request)
-                self._wake.set()  # we may have missed wake-ups while disconnected
+                self._queued_news()  # we may have missed some while disconnected
                 await closed.wait()
             except asyncio.CancelledError:
                 raise
@@ -321,7 +340,7 @@ class WorkerPool:
                     soonest = await next_expiry_at(connection)
                 if requeued:
                     logger.info("approval requests expired; re-queued %d sessions", len(requeued))
-                    self._wake.set()
+                    self._queued_news()
                 if soonest is not None:
                     until = (soonest - datetime.now(UTC)).total_seconds()
                     sleep = min(max(until, 0.1), APPROVAL_EXPIRY_MAX_SLEEP)
@@ -344,4 +363,4 @@ class WorkerPool:
                 continue
             if requeued:
                 logger.warning("re-queued %d sessions whose lease expired", len(requeued))
-                self._wake.set()
+                self._queued_news()
