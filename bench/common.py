@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -59,6 +60,9 @@ def bench_agent(delay_ms: int = 0) -> dict[str, object]:
     }
 
 
+BENCH_DATABASE_PREFIX = "agent_platform_bench_"
+
+
 async def _admin(url: str, statement: str) -> None:
     engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
     try:
@@ -68,15 +72,33 @@ async def _admin(url: str, statement: str) -> None:
         await engine.dispose()
 
 
+async def _drop_leftover_databases(url: str) -> None:
+    """Databases of earlier runs that were killed before they could drop theirs; one still
+    in use (a run going on beside this one) has connections and is left alone."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        names = await conn.fetch(
+            "SELECT datname FROM pg_database d WHERE starts_with(datname, $1)"
+            " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datid = d.oid)",
+            BENCH_DATABASE_PREFIX,
+        )
+        for row in names:
+            with contextlib.suppress(asyncpg.PostgresError):  # in use after all
+                await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}"')
+    finally:
+        await conn.close()
+
+
 @contextmanager
 def bench_database(settings: Settings) -> Iterator[tuple[str, str]]:
     """(database_url, redis_url) of a fresh migrated database, dropped afterwards."""
     server_url = resolve_database_url(settings)
     redis_url = resolve_redis_url(settings)
-    name = f"agent_platform_bench_{uuid.uuid4().hex[:8]}"
+    name = f"{BENCH_DATABASE_PREFIX}{uuid.uuid4().hex[:8]}"
     url = make_url(server_url)
     admin = url.set(database="postgres").render_as_string(hide_password=False)
     database_url = url.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_drop_leftover_databases(admin))
     asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
     try:
         upgrade(settings.migrations_dir, database_url)
