@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from alembic import command
@@ -50,18 +51,18 @@ def test_models_and_migrations_agree(database_url: str) -> None:
     command.check(alembic_config(MIGRATIONS, database_url))
 
 
-async def test_every_event_type_the_code_writes_is_a_value_of_the_enum(database_url: str) -> None:
-    # A new EventType needs a migration adding it to `session_event_type` (migration 0016).
+async def _scalar(database_url: str, statement: str) -> Any:
     engine = create_async_engine(database_url)
     try:
         async with engine.connect() as connection:
-            values = (
-                await connection.execute(
-                    text("SELECT enum_range(NULL::session_event_type)::text[]")
-                )
-            ).scalar_one()
+            return (await connection.execute(text(statement))).scalar_one()
     finally:
         await engine.dispose()
+
+
+async def test_every_event_type_the_code_writes_is_a_value_of_the_enum(database_url: str) -> None:
+    # A new EventType needs a migration adding it to `session_event_type` (migration 0016).
+    values = await _scalar(database_url, "SELECT enum_range(NULL::session_event_type)::text[]")
     assert set(values) == set(stored_event_types())
 
 
@@ -70,18 +71,10 @@ def test_head_is_single() -> None:
 
 
 async def test_pgvector_hnsw_index_exists(database_url: str) -> None:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            definition = (
-                await connection.execute(
-                    text(
-                        "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_memories_embedding_hnsw'"
-                    )
-                )
-            ).scalar_one()
-    finally:
-        await engine.dispose()
+    definition = await _scalar(
+        database_url,
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_memories_embedding_hnsw'",
+    )
     assert "USING hnsw" in definition and "vector_cosine_ops" in definition
 
 
