@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-packages run test lint format bench migrate services-status services-stop token clean
+.PHONY: help install system-packages run test lint format bench bench-compare migrate services-status services-stop token clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ format: install ## Apply ruff's fixes and formatting
 
 bench: install ## Run the benchmarks under bench/ and print their figures
 	@set -e; for script in bench/bench_*.py; do echo "### $$script"; $(BIN)/python $$script; done
+
+bench-compare: install ## One sitting: the peer benchmarks (../shared/peers), then ours 3 times; one table
+	$(BIN)/python bench/compare.py
 
 migrate: install ## Upgrade the database schema to head
 	$(BIN)/agent-platform migrate

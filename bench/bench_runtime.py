@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -327,6 +328,7 @@ async def phase_batch(
 async def run(args: argparse.Namespace, settings: Settings, database_url: str) -> None:
     agents = await setup(database_url, settings)
     failures: list[str] = []
+    figures: dict[str, Any] = {"big": {}}
     if args.seq:
         await phase_sequential(database_url, settings, agents[0], 20)  # warm-up
         a = await phase_sequential(database_url, settings, agents[0], args.seq)
@@ -347,6 +349,7 @@ async def run(args: argparse.Namespace, settings: Settings, database_url: str) -
             f"   {a['rows']:.0f} rows, {a['state_bytes'] / 1024:.2f} KiB of session state  {json.dumps({k: round(float(v), 1) for k, v in a['breakdown'].items()})}"
         )
         failures += a["failed"]
+        figures["a"] = a
     if args.tp:
         b = await phase_batch(database_url, agents[0], args.tp, 2, 25, 300)
         print(
@@ -356,6 +359,7 @@ async def run(args: argparse.Namespace, settings: Settings, database_url: str) -
             f"   {b['turns_per_s']:.0f} turns/s, {b['sessions_per_s']:.0f} sessions/s, wall {b['wall']:.2f} s, p99 session {b['p99']:.2f} s"
         )
         failures += b["failed"]
+        figures["b"] = b
     for n in args.big:
         c = await phase_batch(database_url, agents[200], n, 2, (n + 1) // 2, 600)
         print(f"c. {n} sessions at once, 200 ms model, 2 worker processes x {(n + 1) // 2} slots")
@@ -363,6 +367,9 @@ async def run(args: argparse.Namespace, settings: Settings, database_url: str) -
             f"   wall {c['wall']:.2f} s (ideal 0.80 s, ratio {c['wall'] / 0.8:.1f}x), p50 {c['p50']:.2f} s, p99 {c['p99']:.2f} s, peak RSS per worker {', '.join(f'{p:.0f}' for p in c['peak_rss_mib'])} MiB"
         )
         failures += c["failed"]
+        figures["big"][str(n)] = c
+    if args.json:
+        args.json.write_text(json.dumps(figures, default=str, indent=1))
     if failures:
         print(f"!! {len(failures)} sessions did not complete: {failures[:5]}")
         sys.exit(1)
@@ -372,6 +379,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seq", type=int, default=200)
     parser.add_argument("--tp", type=int, default=1000)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument(
         "--big", type=lambda s: [int(x) for x in s.split(",") if x], default=[500, 2000]
     )
