@@ -296,6 +296,52 @@ def linked_insert_ctes(source: str, tenant: str, session: str, first: int) -> st
 )"""
 
 
+def linked_batch_insert_ctes(source: str, first: int) -> str:
+    """`linked_insert_ctes` for entries of several sessions' chains in one statement:
+    `source` yields a row (`k`, `tenant_id`, `session_id`) for each step whose fenced write
+    matched; its entries (`linked_batch_arguments`, nine parameters from `$first`) are
+    written, the others' not. Positions are absolute (each entry carries its chain_seq)."""
+    p = [f"${first + i}" for i in range(9)]
+    return f"""audit_rows AS (
+    INSERT INTO audit_log (tenant_id, session_id, chain_seq, actor, action, payload_hash,
+                           prev_hash, entry_hash, created_at)
+    SELECT {source}.tenant_id, {source}.session_id, x.chain_seq::bigint, x.actor, x.action,
+           x.payload_hash, x.prev_hash, x.entry_hash, {p[8]}::timestamptz
+    FROM {source} JOIN unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[],
+                              {p[4]}::text[], {p[5]}::text[], {p[6]}::text[])
+         AS x(k, chain_seq, actor, action, payload_hash, prev_hash, entry_hash)
+      ON x.k::int = {source}.k
+    RETURNING audit_id, entry_hash
+), audit_payload_rows AS (
+    INSERT INTO audit_payloads (audit_id, payload)
+    SELECT r.audit_id, p.payload::jsonb
+    FROM audit_rows r JOIN unnest({p[6]}::text[], {p[7]}::text[]) AS p(entry_hash, payload)
+      ON p.entry_hash = r.entry_hash
+)"""
+
+
+def linked_batch_arguments(
+    steps: Sequence[tuple[Sequence[AuditRecord], ChainHead]], at: datetime
+) -> tuple[list[Any], list[ChainHead]]:
+    """The nine parameters of `linked_batch_insert_ctes` for each step's entries (the k-th
+    step's chain after its head; k from 1), and each chain's head after them."""
+    columns: list[list[str]] = [[] for _ in range(8)]
+    heads = []
+    for k, (entries, head) in enumerate(steps, start=1):
+        arguments, after = linked_arguments(entries, head, at)
+        _, actors, actions, payload_hashes, prev_hashes, entry_hashes, payloads, _ = arguments
+        for ordinal in range(len(entries)):
+            values = (
+                str(k), str(head.seq + ordinal + 1), actors[ordinal], actions[ordinal],
+                payload_hashes[ordinal], prev_hashes[ordinal], entry_hashes[ordinal],
+                payloads[ordinal],
+            )  # fmt: skip
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        heads.append(after)
+    return [*columns, at], heads
+
+
 def linked_arguments(
     entries: Sequence[AuditRecord], head: ChainHead, at: datetime
 ) -> tuple[list[Any], ChainHead]:

@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from app.db.payloads import compact_json
 from app.observability import audit
+from app.runtime.batching import ToolResult, ToolResultBatcher
 
 
 class LeaseLost(Exception):
@@ -223,6 +224,7 @@ class RuntimeStore:
     def __init__(self, pool: asyncpg.Pool, announce: Callable[[str], None] | None = None) -> None:
         self.pool = pool
         self._announce = announce
+        self.tool_results = ToolResultBatcher(pool, self._write_tool_result)
 
     def announce(self, session_id: str) -> None:
         """Tell followers the session has new events (after the write committed)."""
@@ -303,17 +305,32 @@ class RuntimeStore:
         audits: Sequence[audit.AuditRecord] = (),
         chain: audit.SessionChain | None = None,
     ) -> None:
+        """Settle a tool call in the ledger with its `tool.result` event and audit entries.
+        Linked by this worker (its chain's head known), it goes through the batcher: with
+        the results of other sessions waiting at the same moment, in one statement."""
         args: tuple[Any, ...] = (
             session_id, epoch, tool_use_id, status,
             None if result is None else compact_json(result), error, attempts, compact_json(event),
         )  # fmt: skip
-        row = await self._write_step(
-            (_RECORD_TOOL_RESULT, _RECORD_TOOL_RESULT_AUDITED, _RECORD_TOOL_RESULT_LINKED),
-            args, audits, chain, None,
-        )  # fmt: skip
-        if row is None:
+        if audits and chain is not None and chain.head is not None and chain.holds(audits):
+            written = await self.tool_results.write(ToolResult(args, list(audits), chain))
+        else:
+            row = await self._write_step(
+                (_RECORD_TOOL_RESULT, _RECORD_TOOL_RESULT_AUDITED, _RECORD_TOOL_RESULT_LINKED),
+                args, audits, chain, None,
+            )  # fmt: skip
+            written = row is not None
+        if not written:
             raise LeaseLost(session_id)
         self.announce(session_id)
+
+    async def _write_tool_result(self, result: ToolResult) -> bool:
+        """One tool result on its own (the batcher's single-step path)."""
+        row = await self._write_step(
+            (_RECORD_TOOL_RESULT, _RECORD_TOOL_RESULT_AUDITED, _RECORD_TOOL_RESULT_LINKED),
+            result.args, result.audits, result.chain, None,
+        )  # fmt: skip
+        return row is not None
 
     async def record_note(self, session_id: str, epoch: int, note: dict[str, Any]) -> None:
         if await self.pool.fetchrow(_RECORD_NOTE, session_id, epoch, compact_json(note)) is None:

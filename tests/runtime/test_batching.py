@@ -1,0 +1,144 @@
+"""Tool results of several sessions written together: one statement, each session still
+fenced on its own lease, every audit chain still verifies — and when the statement cannot
+go through (a chain's head moved meanwhile), each result is written on its own."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from app.api.context import AppContext
+from app.observability import audit
+from app.observability.audit import AuditAction, AuditRecord, ChainHead, SessionChain
+from app.runtime.store import LeaseLost, PlannedCall, RuntimeStore, create_pool
+from tests.runtime_fixtures import Api, script
+
+WORKER = "w-batching-test"
+
+
+async def _running(
+    api: Api, pool: asyncpg.Pool, store: RuntimeStore, n: int
+) -> list[tuple[str, int, SessionChain]]:
+    """`n` sessions running under WORKER, each with one tool call recorded `started`."""
+    await api.create_agent(name="idle", **script({"text": "x"}))
+    ids = [(await api.start("idle", f"s{i}"))["id"] for i in range(n)]
+    running = []
+    async with pool.acquire() as conn:
+        for session_id in ids:
+            epoch = await conn.fetchval(
+                """UPDATE sessions SET status = 'running', worker_id = $1,
+                          lease_epoch = lease_epoch + 1,
+                          lease_expires_at = now() + interval '30 seconds'
+                   WHERE session_id = $2 RETURNING lease_epoch""",
+                WORKER,
+                session_id,
+            )
+            head = await conn.fetchval("SELECT audit_chain_head($1, $2, 0)", api.tenant, session_id)
+            running.append(
+                (session_id, epoch, SessionChain(api.tenant, session_id, ChainHead.parse(head)))
+            )
+    for session_id, epoch, _ in running:
+        await store.record_model_response(
+            session_id,
+            epoch,
+            {"content": [], "stop_reason": "tool_use"},
+            [PlannedCall("toolu_1", "lookup_order", {"order_id": "ord_1001"}, "started", True)],
+            input_tokens=1,
+            output_tokens=1,
+            cost_usd=Decimal(0),
+        )
+    return running
+
+
+def _result(
+    store: RuntimeStore, tenant: str, session_id: str, epoch: int, chain: SessionChain
+) -> Any:
+    return store.record_tool_result(
+        session_id,
+        epoch,
+        "toolu_1",
+        status="succeeded",
+        result={"order": session_id},
+        error=None,
+        attempts=1,
+        event={"tool_use_id": "toolu_1", "tool": "lookup_order", "status": "succeeded"},
+        audits=[
+            AuditRecord(
+                tenant, session_id, f"worker:{WORKER}", AuditAction.TOOL_CALL, {"n": session_id}
+            )
+        ],
+        chain=chain,
+    )
+
+
+async def _ledger(pool: asyncpg.Pool, session_ids: list[str]) -> dict[str, tuple[str, int]]:
+    rows = await pool.fetch(
+        """SELECT c.session_id, c.status,
+                  (SELECT count(*) FROM session_events e
+                   WHERE e.session_id = c.session_id AND e.type = 'tool.result') AS events
+           FROM tool_calls c WHERE c.session_id = ANY($1::text[])""",
+        session_ids,
+    )
+    return {row["session_id"]: (row["status"], row["events"]) for row in rows}
+
+
+async def test_results_of_several_sessions_go_in_one_statement_each_fenced(
+    api: Api, context: AppContext
+) -> None:
+    pool = await create_pool(context.database_url, max_size=4)
+    try:
+        store = RuntimeStore(pool)
+        running = await _running(api, pool, store, 3)
+        (first, e1, c1), (second, e2, c2), (gone, e3, c3) = running
+        outcomes = await asyncio.gather(
+            _result(store, api.tenant, first, e1, c1),
+            _result(store, api.tenant, second, e2, c2),
+            _result(store, api.tenant, gone, e3 - 1, c3),  # its lease moved on
+            return_exceptions=True,
+        )
+        assert outcomes[:2] == [None, None] and isinstance(outcomes[2], LeaseLost)
+        assert store.tool_results.statements == 1
+        assert await _ledger(pool, [first, second, gone]) == {
+            first: ("succeeded", 1),
+            second: ("succeeded", 1),
+            gone: ("started", 0),
+        }
+        async with pool.acquire() as conn:
+            verified = await audit.verify(conn, api.tenant)
+            heads = [
+                await conn.fetchval("SELECT audit_chain_head($1, $2, 0)", api.tenant, session)
+                for session in (first, second)
+            ]
+        assert verified.ok, verified
+        # the worker's idea of each chain's head moved with its entry
+        assert [c1.head, c2.head] == [ChainHead.parse(head) for head in heads]
+        assert c1.head is not None and c1.head.seq == 2  # the session's creation, the call
+    finally:
+        await pool.close()
+
+
+async def test_a_chain_that_moved_sends_the_batch_one_by_one(api: Api, context: AppContext) -> None:
+    pool = await create_pool(context.database_url, max_size=4)
+    try:
+        store = RuntimeStore(pool)
+        (first, e1, c1), (second, e2, c2) = await _running(api, pool, store, 2)
+        async with pool.acquire() as conn:  # a reviewer's entry lands on `second`'s chain
+            await audit.append(
+                conn, [AuditRecord(api.tenant, second, "reviewer", AuditAction.APPROVAL_DECIDED)]
+            )
+        await asyncio.gather(
+            _result(store, api.tenant, first, e1, c1), _result(store, api.tenant, second, e2, c2)
+        )
+        assert store.tool_results.statements == 0  # the batch was refused as a whole
+        assert await _ledger(pool, [first, second]) == {
+            first: ("succeeded", 1),
+            second: ("succeeded", 1),
+        }
+        async with pool.acquire() as conn:
+            verified = await audit.verify(conn, api.tenant)
+        assert verified.ok, verified
+    finally:
+        await pool.close()
