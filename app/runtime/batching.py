@@ -31,9 +31,15 @@ WITH i AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::text[])
         AS i(k, session_id, epoch, tool_use_id, status, result, error, attempts)
+), locked AS (
+    -- rows locked in id order, as the heartbeat locks them: the two never deadlock
+    SELECT s.session_id FROM sessions s JOIN i ON s.session_id = i.session_id
+    WHERE s.lease_epoch = i.epoch::bigint AND s.status = 'running'
+    ORDER BY s.session_id
+    FOR NO KEY UPDATE OF s
 ), s AS (
     UPDATE sessions s SET event_seq = s.event_seq + 1, updated_at = now()
-    FROM i
+    FROM i JOIN locked l ON l.session_id = i.session_id
     WHERE s.session_id = i.session_id AND s.lease_epoch = i.epoch::bigint
       AND s.status = 'running'
     RETURNING i.k::int AS k, s.session_id, s.tenant_id, s.event_seq,

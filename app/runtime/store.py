@@ -167,6 +167,7 @@ WITH mine AS (
     JOIN unnest($1::text[], $2::bigint[]) AS held(session_id, epoch)
       ON s.session_id = held.session_id AND s.lease_epoch = held.epoch
     WHERE s.status = 'running' AND s.worker_id = $4
+    ORDER BY s.session_id  -- the order the step batches lock in (no deadlock between them)
     FOR NO KEY UPDATE OF s {skip}
 )
 UPDATE sessions s SET lease_expires_at = now() + make_interval(secs => $3)
