@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from app.db.payloads import compact_json
 from app.observability import audit
-from app.runtime.batching import ToolResult, ToolResultBatcher
+from app.runtime.batching import BatchedStatement, Step, StepBatcher
 
 
 class LeaseLost(Exception):
@@ -131,6 +131,63 @@ _RECORD_TOOL_RESULT_LINKED = _linked(
     _RECORD_TOOL_RESULT, "RETURNING event_seq", "SELECT event_seq FROM s", 9
 )
 
+# The same two steps for the sessions of a batch (`batching.StepBatcher`).
+_RECORD_RESPONSES = BatchedStatement(
+    columns=(
+        "session_id", "epoch", "response", "input_tokens", "output_tokens", "cost_usd", "calls",
+    ),
+    writes="""
+s AS (
+    UPDATE sessions s
+    SET event_seq = s.event_seq + 1, turns = s.turns + 1,
+        input_tokens = s.input_tokens + i.input_tokens::bigint,
+        output_tokens = s.output_tokens + i.output_tokens::bigint,
+        cost_usd = s.cost_usd + i.cost_usd::numeric, updated_at = now()
+    FROM i JOIN locked l ON l.session_id = i.session_id
+    WHERE s.session_id = i.session_id AND s.lease_epoch = i.epoch::bigint AND s.status = 'running'
+    RETURNING i.k::int AS k, s.session_id, s.tenant_id, s.event_seq, s.turns,
+              {chain_lock} AS chain_locked
+), e AS (
+    INSERT INTO session_events (session_id, seq, type, data)
+    SELECT s.session_id, s.event_seq, 'model.response', i.response::json
+    FROM s JOIN i ON i.k::int = s.k
+), t AS (
+    INSERT INTO tool_calls (session_id, tool_use_id, turn, tool, arguments,
+                            status, attempts, idempotent, error, finished_at)
+    SELECT s.session_id, x.tool_use_id, s.turns, x.tool, x.arguments, x.status, 0,
+           x.idempotent, x.error,
+           CASE WHEN x.status IN ('started', 'awaiting_approval') THEN NULL ELSE now() END
+    FROM s JOIN i ON i.k::int = s.k
+    CROSS JOIN LATERAL json_to_recordset(i.calls::json) AS x(tool_use_id text, tool text,
+         arguments json, status text, idempotent boolean, error text)
+)""",
+    returning=", turns",
+)  # fmt: skip
+
+_RECORD_TOOL_RESULTS = BatchedStatement(
+    columns=(
+        "session_id", "epoch", "tool_use_id", "status", "result", "error", "attempts", "event",
+    ),
+    writes="""
+s AS (
+    UPDATE sessions s SET event_seq = s.event_seq + 1, updated_at = now()
+    FROM i JOIN locked l ON l.session_id = i.session_id
+    WHERE s.session_id = i.session_id AND s.lease_epoch = i.epoch::bigint AND s.status = 'running'
+    RETURNING i.k::int AS k, s.session_id, s.tenant_id, s.event_seq,
+              {chain_lock} AS chain_locked
+), t AS (
+    UPDATE tool_calls c
+    SET status = i.status, result = i.result::json, error = i.error,
+        attempts = c.attempts + i.attempts::int, finished_at = now()
+    FROM s JOIN i ON i.k::int = s.k
+    WHERE c.session_id = s.session_id AND c.tool_use_id = i.tool_use_id
+), e AS (
+    INSERT INTO session_events (session_id, seq, type, data)
+    SELECT s.session_id, s.event_seq, 'tool.result', i.event::json
+    FROM s JOIN i ON i.k::int = s.k
+)""",
+)  # fmt: skip
+
 # A reviewer approved a parked call: it is `started` now, with the approved arguments
 # (fenced; only from awaiting_approval, so it can start once).
 _START_APPROVED = """
@@ -225,7 +282,14 @@ class RuntimeStore:
     def __init__(self, pool: asyncpg.Pool, announce: Callable[[str], None] | None = None) -> None:
         self.pool = pool
         self._announce = announce
-        self.tool_results = ToolResultBatcher(pool, self._write_tool_result)
+        self.responses = self._batcher(_RECORD_RESPONSES, _RECORD_RESPONSE_LINKED)
+        self.tool_results = self._batcher(_RECORD_TOOL_RESULTS, _RECORD_TOOL_RESULT_LINKED)
+
+    def _batcher(self, statement: BatchedStatement, single: str) -> StepBatcher:
+        async def write_one(step: Step) -> asyncpg.Record | None:
+            return await audit.write_linked(self.pool, single, step.args, step.audits, step.chain)
+
+        return StepBatcher(self.pool, statement, write_one)
 
     def announce(self, session_id: str) -> None:
         """Tell followers the session has new events (after the write committed)."""
@@ -253,7 +317,7 @@ class RuntimeStore:
         )  # fmt: skip
         row = await self._write_step(
             (_RECORD_RESPONSE, _RECORD_RESPONSE_AUDITED, _RECORD_RESPONSE_LINKED),
-            args, audits, chain, connection,
+            args, audits, chain, connection, self.responses,
         )  # fmt: skip
         if row is None:
             raise LeaseLost(session_id)
@@ -268,11 +332,13 @@ class RuntimeStore:
         audits: Sequence[audit.AuditRecord],
         chain: audit.SessionChain | None,
         connection: asyncpg.Connection | None,
+        batcher: StepBatcher | None = None,
     ) -> asyncpg.Record | None:
         """Run a step's statement (bare, audited by `audit_append()`, or with entries linked
         here: `statements` in that order); its row, None when the fence matched nothing.
         Linked needs the session's chain and a statement of its own (a conflict with a stale
-        head is retried, which a larger transaction could not do)."""
+        head is retried, which a larger transaction could not do); with the chain's head
+        known it goes through `batcher`, with the same step of other sessions."""
         bare, audited, linked = statements
         executor = connection if connection is not None else self.pool
         if not audits:
@@ -281,6 +347,8 @@ class RuntimeStore:
             if chain is not None:
                 chain.head = None  # audit_append() may move it
             return await executor.fetchrow(audited, *args, *audit.append_arguments(audits))
+        if batcher is not None and chain.head is not None:
+            return await batcher.write(Step(args, audits, chain))
         return await audit.write_linked(self.pool, linked, args, audits, chain)
 
     async def start_approved_call(
@@ -306,32 +374,18 @@ class RuntimeStore:
         audits: Sequence[audit.AuditRecord] = (),
         chain: audit.SessionChain | None = None,
     ) -> None:
-        """Settle a tool call in the ledger with its `tool.result` event and audit entries.
-        Linked by this worker (its chain's head known), it goes through the batcher: with
-        the results of other sessions waiting at the same moment, in one statement."""
+        """Settle a tool call in the ledger with its `tool.result` event and audit entries."""
         args: tuple[Any, ...] = (
             session_id, epoch, tool_use_id, status,
             None if result is None else compact_json(result), error, attempts, compact_json(event),
         )  # fmt: skip
-        if audits and chain is not None and chain.head is not None and chain.holds(audits):
-            written = await self.tool_results.write(ToolResult(args, list(audits), chain))
-        else:
-            row = await self._write_step(
-                (_RECORD_TOOL_RESULT, _RECORD_TOOL_RESULT_AUDITED, _RECORD_TOOL_RESULT_LINKED),
-                args, audits, chain, None,
-            )  # fmt: skip
-            written = row is not None
-        if not written:
-            raise LeaseLost(session_id)
-        self.announce(session_id)
-
-    async def _write_tool_result(self, result: ToolResult) -> bool:
-        """One tool result on its own (the batcher's single-step path)."""
         row = await self._write_step(
             (_RECORD_TOOL_RESULT, _RECORD_TOOL_RESULT_AUDITED, _RECORD_TOOL_RESULT_LINKED),
-            result.args, result.audits, result.chain, None,
+            args, audits, chain, None, self.tool_results,
         )  # fmt: skip
-        return row is not None
+        if row is None:
+            raise LeaseLost(session_id)
+        self.announce(session_id)
 
     async def record_note(self, session_id: str, epoch: int, note: dict[str, Any]) -> None:
         if await self.pool.fetchrow(_RECORD_NOTE, session_id, epoch, compact_json(note)) is None:

@@ -5,6 +5,7 @@ go through (a chain's head moved meanwhile), each result is written on its own."
 from __future__ import annotations
 
 import asyncio
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -137,6 +138,60 @@ async def test_a_chain_that_moved_sends_the_batch_one_by_one(api: Api, context: 
             first: ("succeeded", 1),
             second: ("succeeded", 1),
         }
+        async with pool.acquire() as conn:
+            verified = await audit.verify(conn, api.tenant)
+        assert verified.ok, verified
+    finally:
+        await pool.close()
+
+
+async def test_model_responses_of_several_sessions_go_in_one_statement(
+    api: Api, context: AppContext
+) -> None:
+    pool = await create_pool(context.database_url, max_size=4)
+    try:
+        store = RuntimeStore(pool)
+        (first, e1, c1), (second, e2, c2), (gone, e3, c3) = await _running(api, pool, store, 3)
+
+        def respond(session_id: str, epoch: int, chain: SessionChain) -> Any:
+            return store.record_model_response(
+                session_id,
+                epoch,
+                {"content": [], "stop_reason": "tool_use", "usage": {"output_tokens": 7}},
+                [PlannedCall("toolu_2", "lookup_order", {"order_id": session_id}, "started", True)],
+                input_tokens=5,
+                output_tokens=7,
+                cost_usd=Decimal("0.25"),
+                audits=[
+                    AuditRecord(
+                        api.tenant, session_id, f"agent:{WORKER}", AuditAction.MODEL_CALL, {}
+                    )
+                ],
+                chain=chain,
+            )
+
+        outcomes = await asyncio.gather(
+            respond(first, e1, c1),
+            respond(second, e2, c2),
+            respond(gone, e3 - 1, c3),
+            return_exceptions=True,
+        )
+        assert outcomes[:2] == [2, 2] and isinstance(outcomes[2], LeaseLost)  # their turns
+        assert store.responses.statements == 1
+        rows = await pool.fetch(
+            """SELECT s.session_id, s.turns, s.input_tokens, s.cost_usd, c.turn, c.arguments::text
+               FROM sessions s LEFT JOIN tool_calls c
+                 ON c.session_id = s.session_id AND c.tool_use_id = 'toolu_2'
+               WHERE s.session_id = ANY($1::text[]) ORDER BY s.session_id""",
+            [first, second, gone],
+        )
+        by_id = {row["session_id"]: row for row in rows}
+        for session_id in (first, second):
+            row = by_id[session_id]
+            assert (row["turns"], row["input_tokens"], row["turn"]) == (2, 6, 2)
+            assert row["cost_usd"] == Decimal("0.25")
+            assert json.loads(row["arguments"]) == {"order_id": session_id}
+        assert by_id[gone]["turns"] == 1 and by_id[gone]["turn"] is None
         async with pool.acquire() as conn:
             verified = await audit.verify(conn, api.tenant)
         assert verified.ok, verified
