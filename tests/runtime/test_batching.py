@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import pytest
 
 from app.api.context import AppContext
 from app.observability import audit
@@ -18,6 +20,13 @@ from app.runtime.store import LeaseLost, PlannedCall, RuntimeStore, create_pool
 from tests.runtime_fixtures import Api, script
 
 WORKER = "w-batching-test"
+
+
+@pytest.fixture
+async def pool(context: AppContext) -> AsyncIterator[asyncpg.Pool]:
+    created = await create_pool(context.database_url, max_size=4)
+    yield created
+    await created.close()
 
 
 async def _running(
@@ -87,113 +96,99 @@ async def _ledger(pool: asyncpg.Pool, session_ids: list[str]) -> dict[str, tuple
 
 
 async def test_results_of_several_sessions_go_in_one_statement_each_fenced(
-    api: Api, context: AppContext
+    api: Api, pool: asyncpg.Pool
 ) -> None:
-    pool = await create_pool(context.database_url, max_size=4)
-    try:
-        store = RuntimeStore(pool)
-        running = await _running(api, pool, store, 3)
-        (first, e1, c1), (second, e2, c2), (gone, e3, c3) = running
-        outcomes = await asyncio.gather(
-            _result(store, api.tenant, first, e1, c1),
-            _result(store, api.tenant, second, e2, c2),
-            _result(store, api.tenant, gone, e3 - 1, c3),  # its lease moved on
-            return_exceptions=True,
-        )
-        assert outcomes[:2] == [None, None] and isinstance(outcomes[2], LeaseLost)
-        assert store.tool_results.statements == 1
-        assert await _ledger(pool, [first, second, gone]) == {
-            first: ("succeeded", 1),
-            second: ("succeeded", 1),
-            gone: ("started", 0),
-        }
-        async with pool.acquire() as conn:
-            verified = await audit.verify(conn, api.tenant)
-            heads = [
-                await conn.fetchval("SELECT audit_chain_head($1, $2, 0)", api.tenant, session)
-                for session in (first, second)
-            ]
-        assert verified.ok, verified
-        # the worker's idea of each chain's head moved with its entry
-        assert [c1.head, c2.head] == [ChainHead.parse(head) for head in heads]
-        assert c1.head is not None and c1.head.seq == 2  # the session's creation, the call
-    finally:
-        await pool.close()
+    store = RuntimeStore(pool)
+    running = await _running(api, pool, store, 3)
+    (first, e1, c1), (second, e2, c2), (gone, e3, c3) = running
+    outcomes = await asyncio.gather(
+        _result(store, api.tenant, first, e1, c1),
+        _result(store, api.tenant, second, e2, c2),
+        _result(store, api.tenant, gone, e3 - 1, c3),  # its lease moved on
+        return_exceptions=True,
+    )
+    assert outcomes[:2] == [None, None] and isinstance(outcomes[2], LeaseLost)
+    assert store.tool_results.statements == 1
+    assert await _ledger(pool, [first, second, gone]) == {
+        first: ("succeeded", 1),
+        second: ("succeeded", 1),
+        gone: ("started", 0),
+    }
+    async with pool.acquire() as conn:
+        verified = await audit.verify(conn, api.tenant)
+        heads = [
+            await conn.fetchval("SELECT audit_chain_head($1, $2, 0)", api.tenant, session)
+            for session in (first, second)
+        ]
+    assert verified.ok, verified
+    # the worker's idea of each chain's head moved with its entry
+    assert [c1.head, c2.head] == [ChainHead.parse(head) for head in heads]
+    assert c1.head is not None and c1.head.seq == 2  # the session's creation, the call
 
 
-async def test_a_chain_that_moved_sends_the_batch_one_by_one(api: Api, context: AppContext) -> None:
-    pool = await create_pool(context.database_url, max_size=4)
-    try:
-        store = RuntimeStore(pool)
-        (first, e1, c1), (second, e2, c2) = await _running(api, pool, store, 2)
-        async with pool.acquire() as conn:  # a reviewer's entry lands on `second`'s chain
-            await audit.append(
-                conn, [AuditRecord(api.tenant, second, "reviewer", AuditAction.APPROVAL_DECIDED)]
-            )
-        await asyncio.gather(
-            _result(store, api.tenant, first, e1, c1), _result(store, api.tenant, second, e2, c2)
+async def test_a_chain_that_moved_sends_the_batch_one_by_one(api: Api, pool: asyncpg.Pool) -> None:
+    store = RuntimeStore(pool)
+    (first, e1, c1), (second, e2, c2) = await _running(api, pool, store, 2)
+    async with pool.acquire() as conn:  # a reviewer's entry lands on `second`'s chain
+        await audit.append(
+            conn, [AuditRecord(api.tenant, second, "reviewer", AuditAction.APPROVAL_DECIDED)]
         )
-        assert store.tool_results.statements == 0  # the batch was refused as a whole
-        assert await _ledger(pool, [first, second]) == {
-            first: ("succeeded", 1),
-            second: ("succeeded", 1),
-        }
-        async with pool.acquire() as conn:
-            verified = await audit.verify(conn, api.tenant)
-        assert verified.ok, verified
-    finally:
-        await pool.close()
+    await asyncio.gather(
+        _result(store, api.tenant, first, e1, c1), _result(store, api.tenant, second, e2, c2)
+    )
+    assert store.tool_results.statements == 0  # the batch was refused as a whole
+    assert await _ledger(pool, [first, second]) == {
+        first: ("succeeded", 1),
+        second: ("succeeded", 1),
+    }
+    async with pool.acquire() as conn:
+        verified = await audit.verify(conn, api.tenant)
+    assert verified.ok, verified
 
 
 async def test_model_responses_of_several_sessions_go_in_one_statement(
-    api: Api, context: AppContext
+    api: Api, pool: asyncpg.Pool
 ) -> None:
-    pool = await create_pool(context.database_url, max_size=4)
-    try:
-        store = RuntimeStore(pool)
-        (first, e1, c1), (second, e2, c2), (gone, e3, c3) = await _running(api, pool, store, 3)
+    store = RuntimeStore(pool)
+    (first, e1, c1), (second, e2, c2), (gone, e3, c3) = await _running(api, pool, store, 3)
 
-        def respond(session_id: str, epoch: int, chain: SessionChain) -> Any:
-            return store.record_model_response(
-                session_id,
-                epoch,
-                {"content": [], "stop_reason": "tool_use", "usage": {"output_tokens": 7}},
-                [PlannedCall("toolu_2", "lookup_order", {"order_id": session_id}, "started", True)],
-                input_tokens=5,
-                output_tokens=7,
-                cost_usd=Decimal("0.25"),
-                audits=[
-                    AuditRecord(
-                        api.tenant, session_id, f"agent:{WORKER}", AuditAction.MODEL_CALL, {}
-                    )
-                ],
-                chain=chain,
-            )
+    def respond(session_id: str, epoch: int, chain: SessionChain) -> Any:
+        return store.record_model_response(
+            session_id,
+            epoch,
+            {"content": [], "stop_reason": "tool_use", "usage": {"output_tokens": 7}},
+            [PlannedCall("toolu_2", "lookup_order", {"order_id": session_id}, "started", True)],
+            input_tokens=5,
+            output_tokens=7,
+            cost_usd=Decimal("0.25"),
+            audits=[
+                AuditRecord(api.tenant, session_id, f"agent:{WORKER}", AuditAction.MODEL_CALL, {})
+            ],
+            chain=chain,
+        )
 
-        outcomes = await asyncio.gather(
-            respond(first, e1, c1),
-            respond(second, e2, c2),
-            respond(gone, e3 - 1, c3),
-            return_exceptions=True,
-        )
-        assert outcomes[:2] == [2, 2] and isinstance(outcomes[2], LeaseLost)  # their turns
-        assert store.responses.statements == 1
-        rows = await pool.fetch(
-            """SELECT s.session_id, s.turns, s.input_tokens, s.cost_usd, c.turn, c.arguments::text
-               FROM sessions s LEFT JOIN tool_calls c
-                 ON c.session_id = s.session_id AND c.tool_use_id = 'toolu_2'
-               WHERE s.session_id = ANY($1::text[]) ORDER BY s.session_id""",
-            [first, second, gone],
-        )
-        by_id = {row["session_id"]: row for row in rows}
-        for session_id in (first, second):
-            row = by_id[session_id]
-            assert (row["turns"], row["input_tokens"], row["turn"]) == (2, 6, 2)
-            assert row["cost_usd"] == Decimal("0.25")
-            assert json.loads(row["arguments"]) == {"order_id": session_id}
-        assert by_id[gone]["turns"] == 1 and by_id[gone]["turn"] is None
-        async with pool.acquire() as conn:
-            verified = await audit.verify(conn, api.tenant)
-        assert verified.ok, verified
-    finally:
-        await pool.close()
+    outcomes = await asyncio.gather(
+        respond(first, e1, c1),
+        respond(second, e2, c2),
+        respond(gone, e3 - 1, c3),
+        return_exceptions=True,
+    )
+    assert outcomes[:2] == [2, 2] and isinstance(outcomes[2], LeaseLost)  # their turns
+    assert store.responses.statements == 1
+    rows = await pool.fetch(
+        """SELECT s.session_id, s.turns, s.input_tokens, s.cost_usd, c.turn, c.arguments::text
+           FROM sessions s LEFT JOIN tool_calls c
+             ON c.session_id = s.session_id AND c.tool_use_id = 'toolu_2'
+           WHERE s.session_id = ANY($1::text[]) ORDER BY s.session_id""",
+        [first, second, gone],
+    )
+    by_id = {row["session_id"]: row for row in rows}
+    for session_id in (first, second):
+        row = by_id[session_id]
+        assert (row["turns"], row["input_tokens"], row["turn"]) == (2, 6, 2)
+        assert row["cost_usd"] == Decimal("0.25")
+        assert json.loads(row["arguments"]) == {"order_id": session_id}
+    assert by_id[gone]["turns"] == 1 and by_id[gone]["turn"] is None
+    async with pool.acquire() as conn:
+        verified = await audit.verify(conn, api.tenant)
+    assert verified.ok, verified
