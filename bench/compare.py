@@ -169,6 +169,7 @@ def main() -> None:
         peers_output = subprocess.run(
             ["bash", str(PEERS), "all"], check=True, capture_output=True, text=True
         ).stdout
+        print(peers_output, file=sys.stderr, flush=True)  # their whole report, for the record
     else:
         sys.exit(f"the peer benchmarks are not at {PEERS}; pass --peers-log FILE")
     peers = parse_peers(peers_output)
