@@ -18,6 +18,7 @@ how to retry.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,7 +102,9 @@ class StepBatcher:
         """Write `step` (with the others waiting); its row, None if its fence failed."""
         self._waiting.append(step)
         if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush())
+            # a context of its own: it writes for many sessions, not for the one whose
+            # write happened to start it (its log lines carry no session id)
+            self._flushing = asyncio.create_task(self._flush(), context=contextvars.Context())
         return await asyncio.shield(step.written)
 
     async def _flush(self) -> None:
