@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from app.observability import audit
+from app.observability import audit, audit_linking
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class BatchedStatement:
     def sql(self) -> str:
         count = len(self.columns) + 1
         unnest = ", ".join(f"${n}::text[]" for n in range(1, count + 1))
-        lock = audit.CHAIN_LOCK_SQL.format(tenant="s.tenant_id", session="s.session_id")
+        lock = audit_linking.CHAIN_LOCK_SQL.format(tenant="s.tenant_id", session="s.session_id")
         return f"""
 WITH i AS (
     SELECT * FROM unnest({unnest}) AS i(k, {", ".join(self.columns)})
@@ -55,7 +55,7 @@ WITH i AS (
     ORDER BY s.session_id
     FOR NO KEY UPDATE OF s
 ), {self.writes.strip().replace("{chain_lock}", lock)},
-{audit.linked_batch_insert_ctes("s", count + 1)}
+{audit_linking.linked_batch_insert_ctes("s", count + 1)}
 SELECT k{self.returning} FROM s
 """
 
@@ -67,7 +67,7 @@ class Step:
 
     args: tuple[Any, ...]
     audits: Sequence[audit.AuditRecord]
-    chain: audit.SessionChain
+    chain: audit_linking.SessionChain
     written: asyncio.Future[asyncpg.Record | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -132,7 +132,7 @@ class StepBatcher:
         if len(batch) == 1 or any(head is None for head in heads):
             await self._one_by_one(batch)
             return
-        arguments, after = audit.linked_batch_arguments(
+        arguments, after = audit_linking.linked_batch_arguments(
             [(step.audits, head) for step, head in zip(batch, heads, strict=True) if head],
             datetime.now(UTC),
         )

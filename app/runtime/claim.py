@@ -19,7 +19,7 @@ from app.agents.schemas import AgentDefinition
 from app.credentials.service import CredentialCipher
 from app.llm.pricing import PriceTable
 from app.llm.providers import ModelResolver
-from app.observability.audit import ChainHead
+from app.observability.audit_linking import ChainHead
 from app.runtime.faults import CrashPoints
 from app.runtime.store import RuntimeStore
 from app.sessions.feed import DeltaForwarder

@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from app.llm.model import ModelResponse
-from app.observability.audit import SessionChain
+from app.observability.audit_linking import SessionChain
 from app.observability.logging import session_id_var
 from app.policy.limits import CallScope
 from app.runtime.claim import Claimed, Lease, RunDeps, SessionEnded

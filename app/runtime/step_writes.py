@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from app.llm.model import ModelResponse, TokenUsage
-from app.observability.audit import SessionChain
+from app.observability.audit_linking import SessionChain
 from app.runtime.claim import Claimed, Lease, RunDeps, SessionEnded
 from app.runtime.store import LeaseLost
 from app.sessions import transitions

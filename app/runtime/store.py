@@ -22,7 +22,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from app.db.payloads import compact_json
-from app.observability import audit
+from app.observability import audit, audit_linking
 from app.runtime.batching import BatchedStatement, Step, StepBatcher
 
 
@@ -113,12 +113,12 @@ def _audited(statement: str, final: str, first: int) -> str:
 
 def _linked(statement: str, returning: str, final: str, first: int) -> str:
     """`statement` that also writes audit entries linked by this worker
-    (`audit.linked_arguments` at $first…): the fenced UPDATE takes the chain's lock once it
+    (`audit_linking.linked_arguments` at $first…): the fenced UPDATE takes the chain's lock once it
     holds the session row, and the entries are plain INSERTs gated by it."""
     assert statement.count(returning) == 1 and statement.rstrip().endswith(final)
-    lock = audit.CHAIN_LOCK_SQL.format(tenant="tenant_id", session="session_id")
+    lock = audit_linking.CHAIN_LOCK_SQL.format(tenant="tenant_id", session="session_id")
     statement = statement.replace(returning, f"{returning}, tenant_id, {lock} AS chain_locked")
-    ctes = audit.linked_insert_ctes("s", "s.tenant_id", "$1", first)
+    ctes = audit_linking.linked_insert_ctes("s", "s.tenant_id", "$1", first)
     return statement.rstrip()[: -len(final)].rstrip() + f", {ctes}\n{final}"
 
 
@@ -287,7 +287,9 @@ class RuntimeStore:
 
     def _batcher(self, statement: BatchedStatement, single: str) -> StepBatcher:
         async def write_one(step: Step) -> asyncpg.Record | None:
-            return await audit.write_linked(self.pool, single, step.args, step.audits, step.chain)
+            return await audit_linking.write_linked(
+                self.pool, single, step.args, step.audits, step.chain
+            )
 
         return StepBatcher(self.pool, statement, write_one)
 
@@ -308,7 +310,7 @@ class RuntimeStore:
         cost_usd: Decimal,
         connection: asyncpg.Connection | None = None,
         audits: Sequence[audit.AuditRecord] = (),
-        chain: audit.SessionChain | None = None,
+        chain: audit_linking.SessionChain | None = None,
     ) -> int:
         """Persist a model response and its tool calls; returns the session's turn count."""
         args: tuple[Any, ...] = (
@@ -330,7 +332,7 @@ class RuntimeStore:
         statements: tuple[str, str, str],
         args: tuple[Any, ...],
         audits: Sequence[audit.AuditRecord],
-        chain: audit.SessionChain | None,
+        chain: audit_linking.SessionChain | None,
         connection: asyncpg.Connection | None,
         batcher: StepBatcher | None = None,
     ) -> asyncpg.Record | None:
@@ -349,7 +351,7 @@ class RuntimeStore:
             return await executor.fetchrow(audited, *args, *audit.append_arguments(audits))
         if batcher is not None and chain.head is not None:
             return await batcher.write(Step(args, audits, chain))
-        return await audit.write_linked(self.pool, linked, args, audits, chain)
+        return await audit_linking.write_linked(self.pool, linked, args, audits, chain)
 
     async def start_approved_call(
         self, session_id: str, epoch: int, tool_use_id: str, arguments: dict[str, Any]
@@ -372,7 +374,7 @@ class RuntimeStore:
         attempts: int,
         event: dict[str, Any],
         audits: Sequence[audit.AuditRecord] = (),
-        chain: audit.SessionChain | None = None,
+        chain: audit_linking.SessionChain | None = None,
     ) -> None:
         """Settle a tool call in the ledger with its `tool.result` event and audit entries."""
         args: tuple[Any, ...] = (

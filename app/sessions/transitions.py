@@ -23,13 +23,10 @@ import asyncpg
 
 from app.agents import repository as agents_repository
 from app.db.payloads import compact_json
-from app.observability.audit import (
+from app.observability.audit import AuditAction, AuditRecord, canonical_json, clean_payload
+from app.observability.audit_linking import (
     CHAIN_LOCK_SQL,
-    AuditAction,
-    AuditRecord,
     SessionChain,
-    canonical_json,
-    clean_payload,
     linked_insert_ctes,
     write_linked,
 )

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.api.context import AppContext
-from app.observability import audit
+from app.observability import audit, audit_linking
 from app.observability.audit import AuditAction, AuditRecord
 from app.runtime.store import asyncpg_dsn
 from tests.conftest import TokenFactory, bearer
@@ -566,8 +566,8 @@ async def test_the_verify_endpoint_reports_the_first_bad_entry(
 def _linked_statement() -> str:
     """A stand-in for a worker's step statement: a one-row CTE `s` that takes the chain's
     lock (as the fenced UPDATE does), then the linked entries."""
-    lock = audit.CHAIN_LOCK_SQL.format(tenant="$1", session="$2")
-    ctes = audit.linked_insert_ctes("s", "$1", "$2", 3)
+    lock = audit_linking.CHAIN_LOCK_SQL.format(tenant="$1", session="$2")
+    ctes = audit_linking.linked_insert_ctes("s", "$1", "$2", 3)
     return f"WITH s AS (SELECT 1 AS one, {lock} AS chain_locked), {ctes} SELECT one FROM s"
 
 
@@ -585,10 +585,12 @@ async def test_a_stale_head_is_read_again_and_the_linked_entries_retried(
     session_id = _session_id()
     await _append(conn, [_record(tenant, session_id, 1), _record(tenant, session_id, 2)])
     head = (await _chain(conn, tenant, session_id))[-1]
-    chain = audit.SessionChain(tenant, session_id, audit.ChainHead(2, head["entry_hash"]))
+    chain = audit_linking.SessionChain(
+        tenant, session_id, audit_linking.ChainHead(2, head["entry_hash"])
+    )
     await _append(conn, [_record(tenant, session_id, 3)])  # behind the worker's back
 
-    row = await audit.write_linked(
+    row = await audit_linking.write_linked(
         pool,
         _linked_statement(),
         (tenant, session_id),
@@ -599,7 +601,7 @@ async def test_a_stale_head_is_read_again_and_the_linked_entries_retried(
     assert row is not None
     rows = await _chain(conn, tenant, session_id)
     assert [r["chain_seq"] for r in rows] == [1, 2, 3, 4, 5]
-    assert chain.head == audit.ChainHead(5, rows[-1]["entry_hash"])
+    assert chain.head == audit_linking.ChainHead(5, rows[-1]["entry_hash"])
     assert await audit.verify(conn, tenant) == audit.VerifyResult(
         ok=True, checked=5, first_bad_id=None
     )
@@ -611,13 +613,15 @@ async def test_a_lease_holder_linking_and_other_appenders_keep_one_line(
     """The worker links 20 steps of 2 entries while 8 other connections append through
     audit_append() to the same chain: no fork, no gap, every entry verifies."""
     session_id = _session_id()
-    chain = audit.SessionChain(tenant, session_id, audit.ChainHead(0, audit.GENESIS_HASH))
+    chain = audit_linking.SessionChain(
+        tenant, session_id, audit_linking.ChainHead(0, audit.GENESIS_HASH)
+    )
     others = [await connect() for _ in range(8)]
 
     async def lease_holder() -> None:
         for step in range(20):
             records = [_record(tenant, session_id, 1000 + 2 * step + i) for i in range(2)]
-            assert await audit.write_linked(
+            assert await audit_linking.write_linked(
                 pool, _linked_statement(), (tenant, session_id), records, chain
             )
 

@@ -15,7 +15,8 @@ import pytest
 
 from app.api.context import AppContext
 from app.observability import audit
-from app.observability.audit import AuditAction, AuditRecord, ChainHead, SessionChain
+from app.observability.audit import AuditAction, AuditRecord
+from app.observability.audit_linking import ChainHead, SessionChain
 from app.runtime.store import LeaseLost, PlannedCall, RuntimeStore, create_pool
 from tests.runtime_fixtures import Api, script
 
