@@ -35,6 +35,7 @@ from app.llm.pricing import PriceTable
 from app.llm.providers import ModelResolver
 from app.redis_client import create_redis
 from app.runtime.worker import WorkerPool
+from app.sessions.creation import SessionCreator
 from app.sessions.feed import SessionFeedHub
 from app.settings import Settings, get_settings
 from app.tenants.service import TenantRegistry
@@ -67,6 +68,7 @@ def build_context(
         tenants=TenantRegistry(settings.tenant_defaults),
         tools=ToolRegistry(),
         models=ModelResolver.from_settings(settings, redis_url),
+        session_creator=SessionCreator(engine),
         credential_cipher=CredentialCipher(settings.credentials.encryption_key.get_secret_value()),
         feed=SessionFeedHub(
             session_factory,

@@ -11,6 +11,7 @@ from app.api.auth import TokenVerifier
 from app.api.rate_limit import RateLimiter
 from app.credentials.service import CredentialCipher
 from app.llm.providers import ModelResolver
+from app.sessions.creation import SessionCreator
 from app.sessions.feed import SessionFeedHub
 from app.settings import Settings
 from app.tenants.service import TenantRegistry
@@ -31,4 +32,5 @@ class AppContext:
     tools: ToolRegistry
     models: ModelResolver
     feed: SessionFeedHub
+    session_creator: SessionCreator
     credential_cipher: CredentialCipher

@@ -1,13 +1,12 @@
 """Steps of many sessions written by one statement (group commit for steps).
 
-Under load a worker records the steps of dozens of sessions at once, each a statement and a
-commit of its own. A `StepBatcher` writes the steps of one kind (model responses, tool
-results) that wait together: the first goes out at once (no added latency when the worker
-is quiet); while that statement runs, others queue, and the next statement takes them all —
-at most one per session, so each session's events keep their order and its audit chain its
-links. Each session's write is still fenced on its own lease (a session whose lease is gone
-is left out: its caller gets None and raises `LeaseLost`) and durable before its caller
-goes on. Rows are locked in session-id order, as the heartbeat locks them.
+Under load a worker records the steps of dozens of sessions at once. A `StepBatcher` (an
+`app.db.batching.StatementBatcher`) writes the steps of one kind (model responses, tool
+results) that wait together as one statement — at most one per session, so each session's
+events keep their order and its audit chain its links. Each session's write is still
+fenced on its own lease (a session whose lease is gone is left out: its caller gets None
+and raises `LeaseLost`) and durable before its caller goes on. Rows are locked in
+session-id order, as the heartbeat locks them.
 
 If the statement fails as a whole — an audit head went stale (a reviewer's decision was
 appended meanwhile) or anything else PostgreSQL refuses — nothing of it was written, and
@@ -17,15 +16,14 @@ how to retry.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
+from app.db.batching import StatementBatcher
 from app.observability import audit, audit_linking
 
 
@@ -68,9 +66,6 @@ class Step:
     args: tuple[Any, ...]
     audits: Sequence[audit.AuditRecord]
     chain: audit_linking.SessionChain
-    written: asyncio.Future[asyncpg.Record | None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
 
     @property
     def session_id(self) -> str:
@@ -81,7 +76,7 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-class StepBatcher:
+class StepBatcher(StatementBatcher[Step, asyncpg.Record | None]):
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -89,78 +84,37 @@ class StepBatcher:
         write_one: Callable[[Step], Awaitable[asyncpg.Record | None]],
         max_batch: int = 64,
     ) -> None:
+        super().__init__(max_batch)
         self.pool = pool
         self.statement = statement
         self._sql = statement.sql()
-        self._write_one = write_one  # the single-step path: its row, None if fenced out
-        self.max_batch = max_batch
-        self._waiting: list[Step] = []
-        self._flushing: asyncio.Task[None] | None = None
-        self.statements = 0  # batch statements that went through (for tests and figures)
+        self._write_step = write_one  # the single-step path: its row, None if fenced out
 
-    async def write(self, step: Step) -> asyncpg.Record | None:
-        """Write `step` (with the others waiting); its row, None if its fence failed."""
-        self._waiting.append(step)
-        if self._flushing is None or self._flushing.done():
-            # a context of its own: it writes for many sessions, not for the one whose
-            # write happened to start it (its log lines carry no session id)
-            self._flushing = asyncio.create_task(self._flush(), context=contextvars.Context())
-        return await asyncio.shield(step.written)
+    def key(self, item: Step) -> Hashable:
+        return item.session_id
 
-    async def _flush(self) -> None:
-        batch: list[Step] = []
-        try:
-            while self._waiting:
-                batch, later, sessions = [], [], set()
-                for step in self._waiting:
-                    if step.session_id in sessions or len(batch) >= self.max_batch:
-                        later.append(step)
-                    else:
-                        sessions.add(step.session_id)
-                        batch.append(step)
-                self._waiting = later
-                await self._write(batch)
-        except BaseException as exc:  # cancelled (shutdown): nobody may wait forever
-            for step in [*batch, *self._waiting]:
-                if not step.written.done():
-                    step.written.set_exception(exc)
-            self._waiting = []
-            raise
+    def batchable(self, items: Sequence[Step]) -> bool:
+        return all(step.chain.head is not None for step in items)
 
-    async def _write(self, batch: list[Step]) -> None:
-        heads = [step.chain.head for step in batch]
-        if len(batch) == 1 or any(head is None for head in heads):
-            await self._one_by_one(batch)
-            return
+    async def write_one(self, item: Step) -> asyncpg.Record | None:
+        return await self._write_step(item)
+
+    async def write_batch(self, items: Sequence[Step]) -> list[asyncpg.Record | None]:
+        heads = [step.chain.head for step in items]
         arguments, after = audit_linking.linked_batch_arguments(
-            [(step.audits, head) for step, head in zip(batch, heads, strict=True) if head],
+            [(step.audits, head) for step, head in zip(items, heads, strict=True) if head],
             datetime.now(UTC),
         )
         columns: list[list[str | None]] = [[] for _ in range(len(self.statement.columns) + 1)]
-        for k, step in enumerate(batch, start=1):
+        for k, step in enumerate(items, start=1):
             for column, value in zip(columns, (k, *step.args), strict=True):
                 column.append(_text(value))
-        try:
-            rows = await self.pool.fetch(self._sql, *columns, *arguments)
-        except asyncpg.PostgresError:
-            # Nothing of the statement was written: each step goes again on its own.
-            await self._one_by_one(batch)
-            return
-        except Exception as exc:  # the connection: each caller learns it
-            for step in batch:
-                step.written.set_exception(exc)
-            return
-        self.statements += 1
+        rows = await self.pool.fetch(self._sql, *columns, *arguments)
         matched = {row["k"]: row for row in rows}
-        for k, (step, head) in enumerate(zip(batch, after, strict=True), start=1):
+        results: list[asyncpg.Record | None] = []
+        for k, (step, head) in enumerate(zip(items, after, strict=True), start=1):
             row = matched.get(k)
             if row is not None:
                 step.chain.head = head
-            step.written.set_result(row)
-
-    async def _one_by_one(self, batch: list[Step]) -> None:
-        for step in batch:
-            try:
-                step.written.set_result(await self._write_one(step))
-            except Exception as exc:  # handed to the step's caller
-                step.written.set_exception(exc)
+            results.append(row)
+        return results

@@ -20,6 +20,7 @@ from app.db.ids import new_id
 from app.errors import Conflict, ValidationFailed
 from app.observability import audit
 from app.sessions import repository, transitions
+from app.sessions.creation import SessionCreator
 from app.sessions.errors import SessionBusy, SessionFinished, SessionNotFound
 from app.sessions.models import Session
 from app.sessions.schemas import (
@@ -35,6 +36,7 @@ from app.sessions.schemas import (
     Usage,
 )
 from app.sessions.states import SessionStatus
+from app.sessions.transitions import NewSession
 from app.tenants.scoping import TenantScope
 from app.webhooks import service as webhooks_service
 
@@ -72,30 +74,43 @@ def view(session: Session) -> SessionView:
 
 
 async def create(
-    scope: TenantScope, principal: Principal, body: SessionCreate, *, allowlist: list[str]
+    scope: TenantScope,
+    principal: Principal,
+    body: SessionCreate,
+    *,
+    allowlist: list[str],
+    creator: SessionCreator | None = None,
 ) -> SessionView:
-    """Queue a session of the agent's current (or requested) version and wake a worker."""
+    """Queue a session of the agent's current (or requested) version and wake a worker.
+
+    If the request has written nothing yet (no transaction begun) and a `creator` is given,
+    the insert may share one statement and commit with other requests' (`creation`);
+    otherwise it goes in the request's transaction."""
     db = scope.db
     if body.webhook_url is not None:
         await webhooks_service.check_url(body.webhook_url, allowlist, "webhook_url")
+    new = NewSession(
+        session_id=new_id("ses"),
+        tenant_id=scope.tenant_id,
+        agent_name=body.agent,
+        agent_version=body.version,
+        priority=body.priority,
+        session_input=body.input,
+        metadata=body.metadata,
+        subject=body.subject,
+        created_by=principal.sub,
+        webhook_url=body.webhook_url,
+        trace_id=secrets.token_hex(16),
+    )
+    if creator is not None and not db.in_transaction():
+        row = await creator.write(new)
+        if row is not None:
+            return view_of_new(row, session_input=body.input, metadata=body.metadata)
+        await _check_startable(db, scope.tenant_id, body)  # 404 or 409, if that is why
     conn = await driver_connection(db)
-    session_id, trace_id = new_id("ses"), secrets.token_hex(16)
     for _ in range(CREATE_ATTEMPTS):
         # The agent look-up and the insert are one statement (one round trip)...
-        row = await transitions.insert_queued(
-            conn,
-            session_id=session_id,
-            tenant_id=scope.tenant_id,
-            agent_name=body.agent,
-            agent_version=body.version,
-            priority=body.priority,
-            session_input=body.input,
-            metadata=body.metadata,
-            subject=body.subject,
-            created_by=principal.sub,
-            webhook_url=body.webhook_url,
-            trace_id=trace_id,
-        )
+        [row] = await transitions.insert_queued(conn, [new])
         if row is not None:
             return view_of_new(row, session_input=body.input, metadata=body.metadata)
         # ...that wrote nothing: say why (404 or 409). If the agent can take the session

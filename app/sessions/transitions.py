@@ -344,59 +344,87 @@ async def notify_queued(conn: asyncpg.Connection, session_id: str) -> None:
     await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{session_id}:queued")
 
 
+@dataclass(frozen=True)
+class NewSession:
+    """A session to insert in `queued` (`insert_queued`): the agent by name, as the tenant
+    sees it, at `agent_version` or its current version."""
+
+    session_id: str
+    tenant_id: str
+    agent_name: str
+    agent_version: int | None
+    priority: int
+    session_input: Any
+    metadata: dict[str, Any]
+    subject: str | None
+    created_by: str
+    webhook_url: str | None
+    trace_id: str
+
+
+# Set-based: $1..$12 are arrays, one element per new session (`k` numbers them), so one
+# statement inserts one session or a batch of them (`app.sessions.creation`).
 _INSERT_QUEUED = f"""
-WITH agent AS ({agents_repository.for_new_session_sql("$2", "$3", "$4::integer")}
+WITH i AS (
+    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+        AS i(k, session_id, tenant_id, agent_name, agent_version, priority, input, metadata,
+             subject, created_by, webhook_url, trace_id)
+), agent AS (
+    SELECT i.k, found.* FROM i CROSS JOIN LATERAL (
+        {agents_repository.for_new_session_sql("i.tenant_id", "i.agent_name", "i.agent_version")}
+    ) found
 ), s AS (
     INSERT INTO sessions (session_id, tenant_id, agent_id, agent_name, agent_version, priority,
                           input, metadata, subject, created_by, webhook_url, trace_id,
                           deadline_at, event_seq)
-    SELECT $1, $2, agent.agent_id, agent.name, agent.version, $5, $6::jsonb, $7::jsonb, $8, $9,
-           $10, $11, now() + make_interval(secs => agent.deadline_seconds), 1
-    FROM agent WHERE agent.enabled
+    SELECT i.session_id, i.tenant_id, agent.agent_id, agent.name, agent.version, i.priority,
+           i.input::jsonb, i.metadata::jsonb, i.subject, i.created_by, i.webhook_url,
+           i.trace_id, now() + make_interval(secs => agent.deadline_seconds), 1
+    FROM i JOIN agent ON agent.k = i.k WHERE agent.enabled
     RETURNING *
 ), logged AS (
     INSERT INTO session_events (session_id, seq, type, data)
     SELECT session_id, 1, '{state_event(SessionStatus.QUEUED)}', '{{"status":"queued"}}'::json FROM s
+), audited AS (
+    -- one append for all of them (each new session's chain starts here); none if none
+    SELECT audit_append(
+        array_agg(s.tenant_id ORDER BY s.session_id), array_agg(s.session_id ORDER BY s.session_id),
+        array_agg('user:' || coalesce(s.created_by, 'unknown') ORDER BY s.session_id),
+        array_fill('session.status'::text, ARRAY[count(*)::int]),
+        array_fill(encode(sha256(convert_to({_QUEUED_PAYLOAD}, 'UTF8')), 'hex'), ARRAY[count(*)::int]),
+        array_fill({_QUEUED_PAYLOAD}::text, ARRAY[count(*)::int])
+    ) AS ids
+    FROM s HAVING count(*) > 0
 )
--- only what the view of a new session needs (no jsonb to decode), and the audit entry's
--- count rather than its bigint[] (a type asyncpg looks up on each new connection)
-SELECT s.session_id, s.agent_name, s.agent_version, s.status, s.priority, s.parent_id,
+-- only what the view of a new session needs (no jsonb to decode), and the audit entries'
+-- count rather than their bigint[] (a type asyncpg looks up on each new connection)
+SELECT i.k, s.session_id, s.agent_name, s.agent_version, s.status, s.priority, s.parent_id,
        s.trace_id, s.created_at, s.updated_at,
        pg_notify('{NOTIFY_CHANNEL}', s.session_id || ':queued') AS notified,
-       cardinality(a.audited) AS audited
-FROM s
-CROSS JOIN LATERAL (
-    SELECT {_audit_status("s.tenant_id", "s.session_id", "'user:' || coalesce(s.created_by, 'unknown')", _QUEUED_PAYLOAD)}
-) a
+       cardinality(audited.ids) AS audited
+FROM s JOIN i ON i.session_id = s.session_id CROSS JOIN audited
 """
 
 
 async def insert_queued(
-    conn: asyncpg.Connection,
-    *,
-    session_id: str,
-    tenant_id: str,
-    agent_name: str,
-    agent_version: int | None,
-    priority: int,
-    session_input: Any,
-    metadata: dict[str, Any],
-    subject: str | None,
-    created_by: str,
-    webhook_url: str | None,
-    trace_id: str,
-) -> asyncpg.Record | None:
-    """A new session of the agent `agent_name` as the tenant sees it (`agent_version`, or
-    its current version) in `queued`, its first event, and the wake-up — one statement,
-    the agent looked up in it (`agents_repository.for_new_session_sql`: its row read
-    FOR SHARE). None, and nothing written, if there is no such agent or version or it is
-    disabled: the caller finds out which."""
-    return await conn.fetchrow(
-        _INSERT_QUEUED,
-        session_id, tenant_id, agent_name, agent_version, priority,
-        json.dumps(session_input), json.dumps(metadata), subject, created_by, webhook_url,
-        trace_id,
-    )  # fmt: skip
+    conn: asyncpg.Connection, sessions: list[NewSession]
+) -> list[asyncpg.Record | None]:
+    """The `sessions` in `queued`, each with its first event, audit entry and wake-up — one
+    statement, each agent looked up in it (`agents_repository.for_new_session_sql`: its row
+    read FOR SHARE). Per session its row, or None and nothing written for it if there is no
+    such agent or version or it is disabled: the caller finds out which."""
+    columns: list[list[Any]] = [[] for _ in range(12)]
+    for k, new in enumerate(sessions, start=1):
+        values = (
+            k, new.session_id, new.tenant_id, new.agent_name, new.agent_version, new.priority,
+            json.dumps(new.session_input), json.dumps(new.metadata), new.subject,
+            new.created_by, new.webhook_url, new.trace_id,
+        )  # fmt: skip
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    rows = {row["k"]: row for row in await conn.fetch(_INSERT_QUEUED, *columns)}
+    return [rows.get(k) for k in range(1, len(sessions) + 1)]
 
 
 _APPEND_USER_MESSAGE = """

@@ -4,6 +4,7 @@ the agent (version, deadline) is right, and a create racing an agent update stil
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from app.api.context import AppContext
+from app.db.engine import driver_connection
+from app.observability import audit
 from app.sessions import service as sessions_service
 from app.sessions.models import Session
 from app.tenants.scoping import TenantScope
@@ -116,3 +119,44 @@ async def test_creates_racing_new_versions_of_their_agent_all_land(
     assert [r.status_code for r in bumps] == [201] * 5
     assert [r.status_code for r in creates] == [202] * 30, [r.text for r in creates]
     assert {r.json()["agent_version"] for r in creates} <= set(range(1, 7))
+
+
+async def test_concurrent_creates_share_statements_and_each_is_whole(
+    client: httpx.AsyncClient, context: AppContext, tenant: str, make_token: TokenFactory
+) -> None:
+    # Requests that have written nothing else insert through the SessionCreator: those that
+    # wait together share one statement and commit. Each still gets its own answer — a
+    # missing or disabled agent refuses only that request — and each created session is
+    # whole: its row, first event and audit entry (the tenant's chains verify).
+    admin = bearer(make_token(tenant, sub="root", roles=("admin",)))
+    await _post_agent(client, admin, name="off", enabled=False)
+    await client.get("/v1/agents", headers=admin)  # the tenant's row is known from here on
+    statements_before = context.session_creator.statements
+    agents = ["support"] * 9 + ["no-such-agent"] * 2 + ["off"]
+    responses = await asyncio.gather(
+        *(client.post("/v1/sessions", json={"agent": a, "input": {"n": n}}, headers=admin)
+          for n, a in enumerate(agents))
+    )  # fmt: skip
+    codes = [response.status_code for response in responses]
+    assert codes == [202] * 9 + [404] * 2 + [409], [r.text for r in responses]
+    assert "not found" in responses[9].json()["detail"]
+    assert "disabled" in responses[11].json()["detail"]
+    statements = context.session_creator.statements - statements_before
+    assert 1 <= statements < 9, statements  # fewer statements than sessions
+
+    created = {response.json()["id"]: response.json()["input"] for response in responses[:9]}
+    assert sorted(n["n"] for n in created.values()) == list(range(9))
+    async with context.session_factory() as db:
+        conn = await driver_connection(db)
+        rows = await conn.fetch(
+            "SELECT s.session_id, s.input::text, e.type::text AS event, count(a.audit_id) AS audits"
+            " FROM sessions s JOIN session_events e ON e.session_id = s.session_id AND e.seq = 1"
+            " LEFT JOIN audit_log a ON a.session_id = s.session_id"
+            " WHERE s.tenant_id = $1 GROUP BY 1, 2, 3",
+            tenant,
+        )
+        assert {row["session_id"] for row in rows} == set(created)  # nothing for the refused
+        for row in rows:
+            assert json.loads(row["input"]) == created[row["session_id"]]
+            assert (row["event"], row["audits"]) == ("session.queued", 1)
+        assert (await audit.verify(conn, tenant)).ok

@@ -49,7 +49,11 @@ async def create_session(
                 stored.body, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"}
             )
     session = await sessions_service.create(
-        scope, principal, body, allowlist=context.settings.outbound_allowlist
+        scope,
+        principal,
+        body,
+        allowlist=context.settings.outbound_allowlist,
+        creator=context.session_creator,
     )
     content = session.model_dump(mode="json")
     if idempotency_key is not None:
