@@ -8,7 +8,10 @@ amount in the window, and is then counted against all of them; a refused request
 against none. No 2x burst at a window edge, exact counts, and each log holds at most its
 limit's amount of entries. `RateLimit-Reset` is when the oldest counted request leaves
 the window (a slot frees up). One Lua script (EVALSHA, the clock is Redis' own `TIME`)
-checks and counts both limits atomically, so API processes share the budget exactly.
+checks and counts both limits atomically, so API processes share the budget exactly. The
+checks of requests that wait together go in one script call (`_ScriptBatcher`, an
+`app.db.batching.StatementBatcher`: the first at once, the others with the next call),
+which takes them in turn — the same answers as one call each, a round trip for them all.
 
 Declared behaviour when Redis fails or stalls: the check falls back to the same sliding
 log kept in this process (each process then enforces the limits on its own share of the
@@ -27,10 +30,12 @@ import math
 import secrets
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
 
+from app.db.batching import StatementBatcher
 from app.errors import RateLimited
 from app.observability import metrics
 from app.redis_client import RedisHealth, create_redis
@@ -38,46 +43,52 @@ from app.settings import RateLimitSettings, RedisSettings
 
 logger = logging.getLogger(__name__)
 
-# KEYS: the logs of the limits, tightest-checked first. ARGV: per limit its amount and
-# window (ms), then the member to add (unique per request). Returns, as one string of
-# space-separated integers (one bulk reply parses faster than an array of integers): the
-# 1-based index of the limit that refused the request (0: let through and counted), then
-# per limit the count in its window (this request included) and the ms until its oldest
-# entry leaves.
+# The checks of a batch of requests (`_ScriptBatcher`), each in turn. ARGV: the number of
+# limits n, per limit its amount and window (ms), then per request the member to add
+# (unique per request). KEYS: per request the logs of its n limits, tightest-checked first.
+# Returns, as one string (one bulk reply parses faster than nested arrays), per request
+# (comma-separated) space-separated integers: the 1-based index of the limit that refused
+# the request (0: let through and counted), then per limit the count in its window (this
+# request included) and the ms until its oldest entry leaves.
 _SLIDING_LOG_LUA = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local n = #KEYS
-local member = ARGV[2 * n + 1]
-local refused = 0
-local counts = {}
-for i = 1, n do
-    local window = tonumber(ARGV[2 * i])
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-    counts[i] = redis.call('ZCARD', KEYS[i])
-    if refused == 0 and counts[i] >= tonumber(ARGV[2 * i - 1]) then
-        refused = i
-    end
-end
-if refused == 0 then
+local n = tonumber(ARGV[1])
+local replies = {}
+for r = 0, #KEYS / n - 1 do
+    local member = ARGV[2 * n + 2 + r]
+    local refused = 0
+    local counts = {}
     for i = 1, n do
-        redis.call('ZADD', KEYS[i], now, member)
-        redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
-        counts[i] = counts[i] + 1
+        local key = KEYS[r * n + i]
+        local window = tonumber(ARGV[2 * i + 1])
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+        counts[i] = redis.call('ZCARD', key)
+        if refused == 0 and counts[i] >= tonumber(ARGV[2 * i]) then
+            refused = i
+        end
     end
-end
-local result = {refused}
-for i = 1, n do
-    local window = tonumber(ARGV[2 * i])
-    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-    local reset = window
-    if oldest[2] then
-        reset = tonumber(oldest[2]) + window - now
+    if refused == 0 then
+        for i = 1, n do
+            redis.call('ZADD', KEYS[r * n + i], now, member)
+            redis.call('PEXPIRE', KEYS[r * n + i], ARGV[2 * i + 1])
+            counts[i] = counts[i] + 1
+        end
     end
-    result[2 * i] = counts[i]
-    result[2 * i + 1] = reset
+    local result = {refused}
+    for i = 1, n do
+        local window = tonumber(ARGV[2 * i + 1])
+        local oldest = redis.call('ZRANGE', KEYS[r * n + i], 0, 0, 'WITHSCORES')
+        local reset = window
+        if oldest[2] then
+            reset = tonumber(oldest[2]) + window - now
+        end
+        result[2 * i] = counts[i]
+        result[2 * i + 1] = reset
+    end
+    replies[r + 1] = table.concat(result, ' ')
 end
-return table.concat(result, ' ')
+return table.concat(replies, ',')
 """
 
 
@@ -176,6 +187,7 @@ class RateLimiter:
         # Members of the Redis logs must be unique across requests and processes.
         self._member_prefix = secrets.token_hex(6) + ":"
         self._member_counter = itertools.count()
+        self._batcher = _ScriptBatcher(self)
 
     async def check(self, tenant: str, subject: str) -> LimitState:
         """Count one request against both limits; raise RateLimited if either is spent
@@ -198,23 +210,45 @@ class RateLimiter:
         return min(states, key=lambda state: state.remaining)
 
     async def _hit(self, keys: list[str]) -> list[int]:
+        return await self._batcher.write(keys)
+
+    async def hit_batch(self, batch: Sequence[list[str]]) -> list[list[int]]:
+        """The script's answers for the requests of `batch` (each its keys), one round trip;
+        the in-process log's if Redis fails."""
         if self._health.available:
-            args: list[int | str] = []
+            args: list[int | str] = [len(self.limits)]
             for limit in self.limits:
                 args += [limit.amount, limit.window_ms]
-            args.append(self._member_prefix + str(next(self._member_counter)))
+            args += [self._member_prefix + str(next(self._member_counter)) for _ in batch]
             try:
                 async with asyncio.timeout(self._timeout):
-                    reply: bytes = await self._script(keys=keys, args=args)
-                    return [int(value) for value in reply.split()]
+                    reply: bytes = await self._script(
+                        keys=[key for keys in batch for key in keys], args=args
+                    )
+                    return [[int(value) for value in one.split()] for one in reply.split(b",")]
             except Exception as exc:  # any Redis failure: use the declared fallback
                 self._health.record_failure()
                 logger.warning("rate limiter: Redis unavailable, using in-process limits: %r", exc)
-        metrics.REDIS_FALLBACKS.labels(feature="rate_limit").inc()
-        return self._memory.hit(keys, self.limits)
+        metrics.REDIS_FALLBACKS.labels(feature="rate_limit").inc(len(batch))
+        return [self._memory.hit(keys, self.limits) for keys in batch]
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class _ScriptBatcher(StatementBatcher[list[str], list[int]]):
+    """The checks of concurrent requests go to Redis together: one script call (one round
+    trip) checks and counts them in turn, as if each had come alone."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        super().__init__()
+        self.limiter = limiter
+
+    async def write_batch(self, items: Sequence[list[str]]) -> list[list[int]]:
+        return await self.limiter.hit_batch(items)
+
+    async def write_one(self, item: list[str]) -> list[int]:
+        return (await self.limiter.hit_batch([item]))[0]
 
 
 def _window(item: RateLimitItem) -> str:

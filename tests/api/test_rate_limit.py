@@ -181,3 +181,26 @@ async def test_the_fallback_is_counted_once_per_request(
         for _ in range(3):
             assert (await http.get("/v1/me", headers=bearer(make_token(tenant)))).status_code == 200
     assert fallbacks() - before == 3
+
+
+async def test_concurrent_checks_share_a_script_call_and_count_exactly(
+    context_factory: Any, tenant: str, make_token: TokenFactory
+) -> None:
+    # Checks that wait together go to Redis in one script call, taken in turn: of 12
+    # concurrent requests of one caller with 5 left exactly 5 pass, each told a different
+    # remaining count, and the tenant's log counts only those 5.
+    app = _limited_app(context_factory, per_subject="5/minute", per_tenant="7/minute")
+    alice, bob = make_token(tenant, sub="alice"), make_token(tenant, sub="bob")
+    limiter = app.state.context.rate_limiter
+    async with client_for(app) as http:
+        before = limiter._batcher.statements
+        responses = await asyncio.gather(
+            *(http.get("/v1/me", headers=bearer(alice)) for _ in range(12))
+        )
+        assert limiter._batcher.statements - before < 12  # fewer calls than requests
+        passed = [r for r in responses if r.status_code == 200]
+        assert len(passed) == 5
+        assert sorted(r.headers["RateLimit-Remaining"] for r in passed) == ["0", "1", "2", "3", "4"]
+        assert {r.status_code for r in responses} == {200, 429}
+        codes = [(await http.get("/v1/me", headers=bearer(bob))).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]  # the tenant's 7: alice's 5 and bob's 2
