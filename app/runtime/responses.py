@@ -161,6 +161,7 @@ class ResponseSteps(StepWrites, GuardrailSteps):
             cost_usd=call_cost + pending_cost,
             result=result,
             model_call=self._model_call_audit(response, call_cost),
+            batcher=self.deps.store.completions,
         )
         if changed is None:
             return False

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from app.db.payloads import compact_json
 from app.observability import audit, audit_linking
 from app.runtime.batching import BatchedStatement, Step, StepBatcher
+from app.sessions import transitions
 
 
 class LeaseLost(Exception):
@@ -284,6 +285,9 @@ class RuntimeStore:
         self._announce = announce
         self.responses = self._batcher(_RECORD_RESPONSES, _RECORD_RESPONSE_LINKED)
         self.tool_results = self._batcher(_RECORD_TOOL_RESULTS, _RECORD_TOOL_RESULT_LINKED)
+        self.completions = self._batcher(
+            transitions.COMPLETE_WITH_RESPONSES, transitions.COMPLETE_WITH_RESPONSE
+        )
 
     def _batcher(self, statement: BatchedStatement, single: str) -> StepBatcher:
         async def write_one(step: Step) -> asyncpg.Record | None:

@@ -30,6 +30,7 @@ from app.observability.audit_linking import (
     linked_insert_ctes,
     write_linked,
 )
+from app.runtime.batching import BatchedStatement, Step, StepBatcher
 from app.sessions.events import NOTIFY_CHANNEL, state_event
 from app.sessions.states import SessionStatus, sources_of
 
@@ -197,7 +198,7 @@ FROM changed
 # $7) the one after — fenced by the lease ($2), and only while no input is queued behind
 # the run (then the caller continues the run instead). The audit entries (the model call and
 # the status change) are linked by the worker (`audit.linked_insert_ctes`, from $9).
-_COMPLETE_WITH_RESPONSE = f"""
+COMPLETE_WITH_RESPONSE = f"""
 WITH s AS (
     UPDATE sessions
     SET status = 'completed', event_seq = event_seq + 2, turns = turns + 1,
@@ -220,6 +221,40 @@ WITH s AS (
 SELECT event_seq FROM s
 """
 
+
+# The same for the sessions of a batch (`app.runtime.batching.StepBatcher`): the columns
+# are the single statement's arguments $1..$8.
+COMPLETE_WITH_RESPONSES = BatchedStatement(
+    columns=(
+        "session_id", "epoch", "response", "input_tokens", "output_tokens", "cost_usd",
+        "result", "event",
+    ),
+    writes=f"""
+s AS (
+    UPDATE sessions s
+    SET status = 'completed', event_seq = s.event_seq + 2, turns = s.turns + 1,
+        input_tokens = s.input_tokens + i.input_tokens::bigint,
+        output_tokens = s.output_tokens + i.output_tokens::bigint,
+        cost_usd = s.cost_usd + i.cost_usd::numeric, result = i.result::jsonb,
+        updated_at = now(), finished_at = now(), worker_id = NULL, lease_expires_at = NULL
+    FROM i JOIN locked l ON l.session_id = i.session_id
+    WHERE s.session_id = i.session_id AND s.lease_epoch = i.epoch::bigint
+      AND s.status = 'running' AND s.pending_inputs = '[]'::jsonb
+    RETURNING i.k::int AS k, s.*, {{chain_lock}} AS chain_locked
+), freed AS (
+    {_release("s")}
+), logged AS (
+    INSERT INTO session_events (session_id, seq, type, data)
+    SELECT s.session_id, s.event_seq - 1, 'model.response'::session_event_type, i.response::json
+    FROM s JOIN i ON i.k::int = s.k
+    UNION ALL
+    SELECT s.session_id, s.event_seq, '{state_event(SessionStatus.COMPLETED)}', i.event::json
+    FROM s JOIN i ON i.k::int = s.k
+), outboxed AS (
+    {_outbox("s", "'completed'")}
+)""",
+    returning=", event_seq",
+)  # fmt: skip
 
 # Re-queue running sessions whose lease has expired (their worker died or stalled).
 _REQUEUE_EXPIRED = f"""
@@ -316,9 +351,11 @@ async def complete_with_response(
     cost_usd: Decimal,
     result: Any,
     model_call: AuditRecord,
+    batcher: StepBatcher | None = None,
 ) -> Changed | None:
     """Record the run's final model response and complete the session, in one statement
-    and one commit; None if the lease is gone or input is queued behind the run (the
+    and one commit (through `batcher`, with other sessions' completions, when the chain's
+    head is known); None if the lease is gone or input is queued behind the run (the
     caller then looks which, and goes on)."""
     data = {"status": SessionStatus.COMPLETED.value}
     status_entry = AuditRecord(
@@ -328,7 +365,11 @@ async def complete_with_response(
         chain.session_id, epoch, compact_json(response),
         input_tokens, output_tokens, cost_usd, json.dumps(result), compact_json(data),
     )  # fmt: skip
-    row = await write_linked(pool, _COMPLETE_WITH_RESPONSE, args, [model_call, status_entry], chain)
+    audits = [model_call, status_entry]
+    if batcher is not None and chain.head is not None:
+        row = await batcher.write(Step(args, audits, chain))
+    else:
+        row = await write_linked(pool, COMPLETE_WITH_RESPONSE, args, audits, chain)
     if row is None:
         return None
     return Changed(SessionStatus.RUNNING, row["event_seq"])

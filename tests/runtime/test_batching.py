@@ -18,6 +18,7 @@ from app.observability import audit
 from app.observability.audit import AuditAction, AuditRecord
 from app.observability.audit_linking import ChainHead, SessionChain
 from app.runtime.store import LeaseLost, PlannedCall, RuntimeStore, create_pool
+from app.sessions import transitions
 from tests.runtime_fixtures import Api, script
 
 WORKER = "w-batching-test"
@@ -193,3 +194,81 @@ async def test_model_responses_of_several_sessions_go_in_one_statement(
     async with pool.acquire() as conn:
         verified = await audit.verify(conn, api.tenant)
     assert verified.ok, verified
+
+
+async def test_completions_of_several_sessions_go_in_one_statement(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    # Each completion is still fenced (a stale lease, or input queued behind the run: None,
+    # nothing written for it) and whole: the final response and completed events, the
+    # result, the tenant's slot given back, its webhook in the outbox, its audit entries.
+    store = RuntimeStore(pool)
+    running = await _running(api, pool, store, 4)
+    (first, e1, c1), (second, e2, c2), (gone, e3, c3), (busy, e4, c4) = running
+    ids = [first, second, gone, busy]
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE tenants SET claimed_sessions = claimed_sessions + 4 WHERE tenant_id = $1",
+            api.tenant,
+        )
+        await conn.execute(
+            "UPDATE sessions SET webhook_url = 'https://hooks.example/done' WHERE session_id = $1",
+            first,
+        )
+        await conn.execute(
+            """UPDATE sessions SET pending_inputs = '["more"]'::jsonb WHERE session_id = $1""",
+            busy,
+        )
+    released = (
+        "SELECT coalesce(sum(released), 0) FROM tenant_released_sessions WHERE tenant_id = $1"
+    )
+    released_before = await pool.fetchval(released, api.tenant)
+
+    def complete(session_id: str, epoch: int, chain: SessionChain) -> Any:
+        return transitions.complete_with_response(
+            pool,
+            chain,
+            epoch=epoch,
+            response={"content": [{"type": "text", "text": "done"}], "stop_reason": "end_turn"},
+            input_tokens=3,
+            output_tokens=4,
+            cost_usd=Decimal("0.5"),
+            result={"answer": session_id},
+            model_call=AuditRecord(
+                api.tenant, session_id, f"agent:{WORKER}", AuditAction.MODEL_CALL, {}
+            ),
+            batcher=store.completions,
+        )
+
+    outcomes = await asyncio.gather(
+        complete(first, e1, c1),
+        complete(second, e2, c2),
+        complete(gone, e3 - 1, c3),
+        complete(busy, e4, c4),
+    )
+    assert [outcome is not None for outcome in outcomes] == [True, True, False, False]
+    assert store.completions.statements == 1
+    rows = await pool.fetch(
+        """SELECT s.session_id, s.status, s.result::text, s.worker_id, s.turns,
+                  array(SELECT e.type::text FROM session_events e
+                        WHERE e.session_id = s.session_id ORDER BY e.seq DESC LIMIT 2) AS last,
+                  (SELECT count(*) FROM webhook_outbox o WHERE o.session_id = s.session_id)
+                      AS webhooks
+           FROM sessions s WHERE s.session_id = ANY($1::text[])""",
+        ids,
+    )
+    by_id = {row["session_id"]: row for row in rows}
+    for session_id in (first, second):
+        row = by_id[session_id]
+        assert (row["status"], row["worker_id"], row["turns"]) == ("completed", None, 2)
+        assert json.loads(row["result"]) == {"answer": session_id}
+        assert row["last"] == ["session.completed", "model.response"]
+    assert (by_id[first]["webhooks"], by_id[second]["webhooks"]) == (1, 0)
+    for session_id in (gone, busy):
+        assert (by_id[session_id]["status"], by_id[session_id]["webhooks"]) == ("running", 0)
+    assert await pool.fetchval(released, api.tenant) - released_before == 2
+    async with pool.acquire() as conn:
+        verified = await audit.verify(conn, api.tenant)
+        head = await conn.fetchval("SELECT audit_chain_head($1, $2, 0)", api.tenant, first)
+    assert verified.ok, verified
+    assert c1.head == ChainHead.parse(head) and c1.head is not None and c1.head.seq == 3
