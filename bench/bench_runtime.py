@@ -8,8 +8,9 @@ b. throughput at concurrency 50 with 2 worker processes (25 slots each);
 c. N sessions at once with a 200 ms model, 2 worker processes: wall vs ideal 0.8 s, peak RSS;
 d. per session: commits, WAL fsyncs, WAL bytes, rows and bytes of session state.
 
-Sessions are enqueued with the same statements as POST /v1/sessions (a row, its first
-event, a NOTIFY) but without HTTP: the API has its own benchmark (bench_api.py).
+Sessions are enqueued by one statement shaped like POST /v1/sessions' insert (a row, its
+first event, a NOTIFY) but without its audit entry and without HTTP: the API has its own
+benchmark (bench_api.py).
 """
 
 from __future__ import annotations
