@@ -10,15 +10,18 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from app.api.context import AppContext
-from app.db.engine import driver_connection
+from app.db.engine import create_engine, driver_connection
+from app.embedded import _free_port
+from app.main import create_app
 from app.observability import audit
 from app.sessions import service as sessions_service
 from app.sessions.models import Session
 from app.tenants.scoping import TenantScope
-from tests.conftest import TokenFactory, bearer
+from tests.conftest import TokenFactory, bearer, client_for, make_settings
 
 
 @pytest.fixture(autouse=True)
@@ -160,3 +163,42 @@ async def test_concurrent_creates_share_statements_and_each_is_whole(
             assert json.loads(row["input"]) == created[row["session_id"]]
             assert (row["event"], row["audits"]) == ("session.queued", 1)
         assert (await audit.verify(conn, tenant)).ok
+
+
+async def test_a_batch_that_cannot_reach_the_database_answers_each_request_503(
+    context_factory: Any, database_url: str, tenant: str, make_token: TokenFactory
+) -> None:
+    # The creates of a batch wait on one statement: if its connection cannot be had, each
+    # waiting request gets the database-unavailable problem (none hangs, none is a 500),
+    # and nothing is written.
+    settings = make_settings()
+    context = context_factory(settings)
+    app = create_app(settings, context=context)
+    admin = bearer(make_token(tenant, sub="root", roles=("admin",)))
+    nowhere = (
+        make_url(database_url)
+        .set(host="127.0.0.1", port=_free_port(), query={})
+        .render_as_string(hide_password=False)
+    )
+    async with client_for(app) as http:
+        assert (await http.get("/v1/me", headers=admin)).status_code == 200  # tenant known
+        context.session_creator.engine = create_engine(settings.database, nowhere)
+        try:
+            responses = await asyncio.wait_for(
+                asyncio.gather(
+                    *(http.post("/v1/sessions", json={"agent": "support", "input": {"n": n}}, headers=admin)
+                      for n in range(3))
+                ),
+                timeout=30,
+            )  # fmt: skip
+        finally:
+            await context.session_creator.engine.dispose()
+            context.session_creator.engine = context.engine
+    for response in responses:
+        assert response.status_code == 503, response.text
+        assert response.json()["type"].endswith("database-unavailable")
+    async with context.session_factory() as db:
+        count = await db.scalar(
+            select(func.count()).select_from(Session).where(Session.tenant_id == tenant)
+        )
+    assert count == 0
