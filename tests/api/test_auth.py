@@ -12,13 +12,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import APIRouter
 from jwt.algorithms import HMACAlgorithm
 from sqlalchemy import select
 
 from app.api.auth import TokenVerifier
 from app.api.context import AppContext
-from app.api.deps import AdminPrincipal
+from app.api.deps import AdminPrincipal, api_router
 from app.errors import Unauthorized
 from app.main import create_app
 from app.settings import AuthSettings
@@ -38,7 +37,7 @@ def _claims(tenant_id: str, **overrides: Any) -> dict[str, Any]:
     return {key: value for key, value in claims.items() if value is not _DROP}
 
 
-_admin_router = APIRouter()
+_admin_router = api_router()
 
 
 @_admin_router.get("/test-only/admin")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import Query, Request, status
 from pydantic import BaseModel
 
 from app.agents import service as agents_service
 from app.agents.schemas import AgentView, AgentWrite
-from app.api.deps import AdminPrincipal, CurrentPrincipal, DbSession
+from app.api.deps import AdminPrincipal, CurrentPrincipal, DbSession, api_router
 from app.sessions import service as sessions_service
 
-router = APIRouter(prefix="/v1/agents", tags=["agents"])
+router = api_router(prefix="/v1/agents", tags=["agents"])
 
 
 class AgentList(BaseModel):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
-from app.api.deps import Context, ReviewerPrincipal, Scope
+from app.api.deps import Context, ReviewerPrincipal, Scope, api_router
 from app.hitl import service as hitl_service
 from app.hitl.models import ApprovalStatus
 from app.hitl.schemas import ApprovalList, ApprovalView, DecisionBody
 
-router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
+router = api_router(prefix="/v1/approvals", tags=["approvals"])
 
 
 @router.get("", summary="Approval requests, oldest first")

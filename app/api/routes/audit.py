@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from pydantic import AwareDatetime
 
-from app.api.deps import AdminPrincipal, DbSession, Scope
+from app.api.deps import AdminPrincipal, DbSession, Scope, api_router
 from app.observability import audit
 from app.observability.audit import AuditAction, AuditList, VerifyResult
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
+router = api_router(prefix="/v1/audit", tags=["audit"])
 
 
 @router.get("", summary="The tenant's audit entries, newest first")

@@ -3,15 +3,15 @@ revoke — each for one agent only."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.agents import service as agents_service
-from app.api.deps import AdminPrincipal, Context, DbSession
+from app.api.deps import AdminPrincipal, Context, DbSession, api_router
 from app.credentials import service as credentials
 from app.errors import NotFound, ValidationFailed
 
-router = APIRouter(prefix="/v1/agents/{name}/credentials", tags=["agents"])
+router = api_router(prefix="/v1/agents/{name}/credentials", tags=["agents"])
 
 
 class CredentialWrite(BaseModel):

@@ -6,17 +6,17 @@ import asyncio
 import hmac
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from app.api.deps import Context
+from app.api.deps import Context, api_router
 from app.api.problems import problem
 from app.db.migrations import current_revision, head_revision
 from app.errors import Unauthorized
 from app.observability import metrics
 
-router = APIRouter(tags=["operations"])
+router = api_router(tags=["operations"])
 
 
 @router.get("/healthz", summary="The process is up")

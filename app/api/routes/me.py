@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
 from pydantic import BaseModel
 
 from app.api.auth import Role
-from app.api.deps import CurrentPrincipal
+from app.api.deps import CurrentPrincipal, api_router
 
-router = APIRouter(prefix="/v1", tags=["caller"])
+router = api_router(prefix="/v1", tags=["caller"])
 
 
 class MeResponse(BaseModel):

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api import idempotency
-from app.api.deps import AdminPrincipal, ClientPrincipal, Context, CurrentPrincipal, Scope
+from app.api.deps import (
+    AdminPrincipal,
+    ClientPrincipal,
+    Context,
+    CurrentPrincipal,
+    Scope,
+    api_router,
+)
 from app.errors import ValidationFailed
 from app.sessions import service as sessions_service
 from app.sessions.schemas import (
@@ -21,7 +28,7 @@ from app.sessions.schemas import (
 from app.sessions.states import SessionStatus
 from app.sessions.streaming import stream_events, wait_for_settled
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+router = api_router(prefix="/v1/sessions", tags=["sessions"])
 CREATE_SCOPE = "POST /v1/sessions"
 
 

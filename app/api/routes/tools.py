@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import status
 
-from app.api.deps import AdminPrincipal, CurrentPrincipal, DbSession, SettingsDep
+from app.api.deps import AdminPrincipal, CurrentPrincipal, DbSession, SettingsDep, api_router
 from app.tools import service as tools_service
 from app.tools.registry import ToolRegistry
 from app.tools.schemas import ToolCreate, ToolList, ToolView
 
-router = APIRouter(prefix="/v1", tags=["tools"])
+router = api_router(prefix="/v1", tags=["tools"])
 
 # The built-in tools are fixed at import time, so one registry serves every request.
 registry = ToolRegistry()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter
-
-from app.api.deps import AdminPrincipal, Scope
+from app.api.deps import AdminPrincipal, Scope, api_router
 from app.errors import ValidationFailed
 from app.sessions import usage
 
-router = APIRouter(prefix="/v1/usage", tags=["usage"])
+router = api_router(prefix="/v1/usage", tags=["usage"])
 
 
 @router.get("", summary="Tokens and cost of sessions created in [since, until), per agent")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import Query, status
 
-from app.api.deps import AdminPrincipal, DbSession, Scope, SettingsDep
+from app.api.deps import AdminPrincipal, DbSession, Scope, SettingsDep, api_router
 from app.webhooks import service as webhooks_service
 from app.webhooks.schemas import (
     DeliveryList,
@@ -15,7 +15,7 @@ from app.webhooks.schemas import (
     WebhookSettingsView,
 )
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = api_router(prefix="/v1/webhooks", tags=["webhooks"])
 
 
 @router.get("/deliveries", summary="The delivery log, newest first")
