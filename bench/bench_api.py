@@ -50,11 +50,11 @@ def ensure_wrk() -> str:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process `pid` and its live children (the API
-    processes of `serve --processes N`) have used so far."""
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds the process `pid` and each of its live children (the API
+    processes of `serve --processes N`) have used so far, by pid."""
     process = psutil.Process(pid)
-    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+    return {p.pid: sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)]}
 
 
 def main(args: argparse.Namespace) -> None:
@@ -115,7 +115,9 @@ def main(args: argparse.Namespace) -> None:
             result = subprocess.run(
                 [*base[:1], "-d", f"{args.seconds}s", *base[1:]], capture_output=True, text=True
             )
-            server_cpu = cpu_seconds(server.pid) - cpu_before
+            cpu_after = cpu_seconds(server.pid)
+            per_process = {pid: cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after}
+            server_cpu = sum(per_process.values())
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -138,6 +140,11 @@ def main(args: argparse.Namespace) -> None:
         # CPU per request is steadier than requests/s on a shared machine: other load
         # slows the server down but does not make a request cost more CPU.
         print(f"   server CPU {1000 * server_cpu / int(total.group(1)):.2f} ms per request")
+    if args.processes > 1:
+        # The API processes share one listening socket: which takes each of wrk's
+        # connections is up to the kernel, so their load can be uneven.
+        busy = sorted((cpu for cpu in per_process.values() if cpu > 0.05), reverse=True)
+        print(f"   CPU seconds by process: {', '.join(f'{cpu:.1f}' for cpu in busy)}")
 
 
 if __name__ == "__main__":
