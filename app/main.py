@@ -133,10 +133,11 @@ def create_app(
     app.state.context = context
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.api.max_body_bytes)
+    # Routes are matched router by router, in this order: the busiest first.
+    app.include_router(sessions.router)
     app.include_router(health.router)
     app.include_router(me.router)
     app.include_router(agents.router)
-    app.include_router(sessions.router)
     app.include_router(tools.router)
     app.include_router(webhooks.router)
     app.include_router(approvals.router)
