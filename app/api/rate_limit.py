@@ -241,7 +241,7 @@ class _ScriptBatcher(StatementBatcher[list[str], list[int]]):
     trip) checks and counts them in turn, as if each had come alone."""
 
     def __init__(self, limiter: RateLimiter) -> None:
-        super().__init__()
+        super().__init__("rate_limit_check")
         self.limiter = limiter
 
     async def write_batch(self, items: Sequence[list[str]]) -> list[list[int]]:

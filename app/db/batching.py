@@ -6,6 +6,7 @@ of one kind that wait together: the first goes out at once (no added latency whe
 process is quiet); while that statement runs, others queue, and the next statement takes
 them all (at most `max_batch`, and one per `key`, so writes that must keep their order
 keep it). Every caller still waits until its own write is durable and gets its own result.
+How many writes each statement carried is in `agent_group_commit_writes{kind}`.
 
 If the batch statement fails as a whole — PostgreSQL refused it, so nothing of it was
 written — every write of the batch goes again on its own by the single-write path, which
@@ -23,6 +24,8 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
+from app.observability import metrics
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -30,7 +33,8 @@ Result = TypeVar("Result")
 class StatementBatcher(Generic[Item, Result]):
     """Subclasses say how to write a batch and how to write one item alone."""
 
-    def __init__(self, max_batch: int = 64) -> None:
+    def __init__(self, kind: str, max_batch: int = 64) -> None:
+        self.kind = kind  # the `kind` label of `agent_group_commit_writes`
         self.max_batch = max_batch
         self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
         self._flushing: asyncio.Task[None] | None = None
@@ -101,11 +105,13 @@ class StatementBatcher(Generic[Item, Result]):
                 written.set_exception(exc)
             return
         self.statements += 1
+        metrics.GROUP_COMMIT_WRITES.labels(self.kind).observe(len(batch))
         for (_, written), result in zip(batch, results, strict=True):
             written.set_result(result)
 
     async def _one_by_one(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         for item, written in batch:
+            metrics.GROUP_COMMIT_WRITES.labels(self.kind).observe(1)
             try:
                 written.set_result(await self.write_one(item))
             except Exception as exc:  # handed to the item's caller

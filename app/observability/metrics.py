@@ -26,6 +26,12 @@ REDIS_FALLBACKS = Counter(
     "Times a Redis-backed feature used its declared fallback because Redis failed or stalled",
     ["feature"],
 )
+GROUP_COMMIT_WRITES = Histogram(
+    "agent_group_commit_writes",
+    "Writes per statement of a group commit (`app.db.batching`: 1 = written alone), by kind",
+    ["kind"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 DEPENDENCY_UP = Gauge(
     "agent_dependency_up",
     "1 if the last readiness check reached the dependency, else 0",

@@ -79,12 +79,13 @@ def _text(value: Any) -> str | None:
 class StepBatcher(StatementBatcher[Step, asyncpg.Record | None]):
     def __init__(
         self,
+        kind: str,
         pool: asyncpg.Pool,
         statement: BatchedStatement,
         write_one: Callable[[Step], Awaitable[asyncpg.Record | None]],
         max_batch: int = 64,
     ) -> None:
-        super().__init__(max_batch)
+        super().__init__(kind, max_batch)
         self.pool = pool
         self.statement = statement
         self._sql = statement.sql()

@@ -283,19 +283,21 @@ class RuntimeStore:
     def __init__(self, pool: asyncpg.Pool, announce: Callable[[str], None] | None = None) -> None:
         self.pool = pool
         self._announce = announce
-        self.responses = self._batcher(_RECORD_RESPONSES, _RECORD_RESPONSE_LINKED)
-        self.tool_results = self._batcher(_RECORD_TOOL_RESULTS, _RECORD_TOOL_RESULT_LINKED)
+        self.responses = self._batcher("model_response", _RECORD_RESPONSES, _RECORD_RESPONSE_LINKED)
+        self.tool_results = self._batcher(
+            "tool_result", _RECORD_TOOL_RESULTS, _RECORD_TOOL_RESULT_LINKED
+        )
         self.completions = self._batcher(
-            transitions.COMPLETE_WITH_RESPONSES, transitions.COMPLETE_WITH_RESPONSE
+            "completion", transitions.COMPLETE_WITH_RESPONSES, transitions.COMPLETE_WITH_RESPONSE
         )
 
-    def _batcher(self, statement: BatchedStatement, single: str) -> StepBatcher:
+    def _batcher(self, kind: str, statement: BatchedStatement, single: str) -> StepBatcher:
         async def write_one(step: Step) -> asyncpg.Record | None:
             return await audit_linking.write_linked(
                 self.pool, single, step.args, step.audits, step.chain
             )
 
-        return StepBatcher(self.pool, statement, write_one)
+        return StepBatcher(kind, self.pool, statement, write_one)
 
     def announce(self, session_id: str) -> None:
         """Tell followers the session has new events (after the write committed)."""

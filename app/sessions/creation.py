@@ -26,7 +26,7 @@ class SessionCreator(StatementBatcher[NewSession, asyncpg.Record | None]):
     """Each session's row (None: its agent is missing or disabled, nothing written)."""
 
     def __init__(self, engine: AsyncEngine, max_batch: int = 64) -> None:
-        super().__init__(max_batch)
+        super().__init__("session_create", max_batch)
         self.engine = engine
 
     async def write_batch(self, items: Sequence[NewSession]) -> list[asyncpg.Record | None]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from app.api.context import AppContext
 from app.observability import audit
@@ -86,6 +87,13 @@ def _result(
     )
 
 
+def _group_commit_writes(kind: str) -> tuple[float, float]:
+    """(statements, writes) so far in the `agent_group_commit_writes` histogram."""
+    labels = {"kind": kind}
+    count = REGISTRY.get_sample_value("agent_group_commit_writes_count", labels) or 0.0
+    return count, REGISTRY.get_sample_value("agent_group_commit_writes_sum", labels) or 0.0
+
+
 async def _ledger(pool: asyncpg.Pool, session_ids: list[str]) -> dict[str, tuple[str, int]]:
     rows = await pool.fetch(
         """SELECT c.session_id, c.status,
@@ -103,6 +111,7 @@ async def test_results_of_several_sessions_go_in_one_statement_each_fenced(
     store = RuntimeStore(pool)
     running = await _running(api, pool, store, 3)
     (first, e1, c1), (second, e2, c2), (gone, e3, c3) = running
+    writes_before = _group_commit_writes("tool_result")
     outcomes = await asyncio.gather(
         _result(store, api.tenant, first, e1, c1),
         _result(store, api.tenant, second, e2, c2),
@@ -111,6 +120,9 @@ async def test_results_of_several_sessions_go_in_one_statement_each_fenced(
     )
     assert outcomes[:2] == [None, None] and isinstance(outcomes[2], LeaseLost)
     assert store.tool_results.statements == 1
+    # operators see it: one statement carried the three (`agent_group_commit_writes`)
+    count, total = _group_commit_writes("tool_result")
+    assert (count - writes_before[0], total - writes_before[1]) == (1, 3)
     assert await _ledger(pool, [first, second, gone]) == {
         first: ("succeeded", 1),
         second: ("succeeded", 1),
