@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from typing import Generic, TypeVar
 
@@ -30,7 +31,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-class StatementBatcher(Generic[Item, Result]):
+class StatementBatcher(ABC, Generic[Item, Result]):
     """Subclasses say how to write a batch and how to write one item alone."""
 
     def __init__(self, kind: str, max_batch: int = 64) -> None:
@@ -40,14 +41,14 @@ class StatementBatcher(Generic[Item, Result]):
         self._flushing: asyncio.Task[None] | None = None
         self.statements = 0  # batch statements that went through (for tests and figures)
 
+    @abstractmethod
     async def write_batch(self, items: Sequence[Item]) -> Sequence[Result]:
         """Write `items` with one statement; their results, in order. Raise
         `asyncpg.PostgresError` only if nothing of it was written."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def write_one(self, item: Item) -> Result:
         """Write `item` on its own (the path a batch falls back to)."""
-        raise NotImplementedError
 
     def key(self, item: Item) -> Hashable:
         """Items with the same key never share a statement (each waits for the one before)."""

@@ -22,7 +22,10 @@ def _limited_app(
 ) -> Any:
     settings = make_settings(
         rate_limit=RateLimitSettings(per_subject=per_subject, per_tenant=per_tenant),
-        redis=RedisSettings(socket_timeout_seconds=0.2, connect_timeout_seconds=0.2),
+        # short enough that a stalled Redis is noticed quickly, long enough that a garbage
+        # collection of the test process (~0.2 s once the suite has built up its heap) is
+        # not taken for one
+        redis=RedisSettings(socket_timeout_seconds=0.5, connect_timeout_seconds=0.5),
     )
     return create_app(settings, context=context_factory(settings, **urls))
 

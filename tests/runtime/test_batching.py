@@ -94,6 +94,12 @@ def _group_commit_writes(kind: str) -> tuple[float, float]:
     return count, REGISTRY.get_sample_value("agent_group_commit_writes_sum", labels) or 0.0
 
 
+async def _chains_verify(pool: asyncpg.Pool, tenant: str) -> None:
+    async with pool.acquire() as conn:
+        verified = await audit.verify(conn, tenant)
+    assert verified.ok, verified
+
+
 async def _ledger(pool: asyncpg.Pool, session_ids: list[str]) -> dict[str, tuple[str, int]]:
     rows = await pool.fetch(
         """SELECT c.session_id, c.status,
@@ -128,13 +134,11 @@ async def test_results_of_several_sessions_go_in_one_statement_each_fenced(
         second: ("succeeded", 1),
         gone: ("started", 0),
     }
-    async with pool.acquire() as conn:
-        verified = await audit.verify(conn, api.tenant)
-        heads = [
-            await conn.fetchval("SELECT audit_chain_head($1, $2, 0)", api.tenant, session)
-            for session in (first, second)
-        ]
-    assert verified.ok, verified
+    await _chains_verify(pool, api.tenant)
+    heads = [
+        await pool.fetchval("SELECT audit_chain_head($1, $2, 0)", api.tenant, session)
+        for session in (first, second)
+    ]
     # the worker's idea of each chain's head moved with its entry
     assert [c1.head, c2.head] == [ChainHead.parse(head) for head in heads]
     assert c1.head is not None and c1.head.seq == 2  # the session's creation, the call
@@ -155,9 +159,7 @@ async def test_a_chain_that_moved_sends_the_batch_one_by_one(api: Api, pool: asy
         first: ("succeeded", 1),
         second: ("succeeded", 1),
     }
-    async with pool.acquire() as conn:
-        verified = await audit.verify(conn, api.tenant)
-    assert verified.ok, verified
+    await _chains_verify(pool, api.tenant)
 
 
 async def test_model_responses_of_several_sessions_go_in_one_statement(
@@ -203,9 +205,7 @@ async def test_model_responses_of_several_sessions_go_in_one_statement(
         assert row["cost_usd"] == Decimal("0.25")
         assert json.loads(row["arguments"]) == {"order_id": session_id}
     assert by_id[gone]["turns"] == 1 and by_id[gone]["turn"] is None
-    async with pool.acquire() as conn:
-        verified = await audit.verify(conn, api.tenant)
-    assert verified.ok, verified
+    await _chains_verify(pool, api.tenant)
 
 
 async def test_completions_of_several_sessions_go_in_one_statement(
@@ -279,8 +279,6 @@ async def test_completions_of_several_sessions_go_in_one_statement(
     for session_id in (gone, busy):
         assert (by_id[session_id]["status"], by_id[session_id]["webhooks"]) == ("running", 0)
     assert await pool.fetchval(released, api.tenant) - released_before == 2
-    async with pool.acquire() as conn:
-        verified = await audit.verify(conn, api.tenant)
-        head = await conn.fetchval("SELECT audit_chain_head($1, $2, 0)", api.tenant, first)
-    assert verified.ok, verified
+    await _chains_verify(pool, api.tenant)
+    head = await pool.fetchval("SELECT audit_chain_head($1, $2, 0)", api.tenant, first)
     assert c1.head == ChainHead.parse(head) and c1.head is not None and c1.head.seq == 3
