@@ -247,9 +247,6 @@ class _ScriptBatcher(StatementBatcher[list[str], list[int]]):
     async def write_batch(self, items: Sequence[list[str]]) -> list[list[int]]:
         return await self.limiter.hit_batch(items)
 
-    async def write_one(self, item: list[str]) -> list[int]:
-        return (await self.limiter.hit_batch([item]))[0]
-
 
 def _window(item: RateLimitItem) -> str:
     return (

@@ -12,7 +12,8 @@ If the batch statement fails as a whole — PostgreSQL refused it, so nothing of
 written — every write of the batch goes again on its own by the single-write path, which
 knows how to report or retry its own failure. A failure of the connection reaches every
 caller of the batch. Users: `app.runtime.batching.StepBatcher` (the steps of running
-sessions), `app.sessions.creation.SessionCreator` (new sessions).
+sessions), `app.sessions.creation.SessionCreator` (new sessions), and the rate limiter's
+`_ScriptBatcher` (checks of concurrent requests as one Redis script call).
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ class StatementBatcher(ABC, Generic[Item, Result]):
         """Write `items` with one statement; their results, in order. Raise
         `asyncpg.PostgresError` only if nothing of it was written."""
 
-    @abstractmethod
     async def write_one(self, item: Item) -> Result:
-        """Write `item` on its own (the path a batch falls back to)."""
+        """Write `item` on its own (the path a batch falls back to): by default a batch of
+        one; a subclass whose single write differs (retries, another statement) overrides it."""
+        return (await self.write_batch([item]))[0]
 
     def key(self, item: Item) -> Hashable:
         """Items with the same key never share a statement (each waits for the one before)."""

@@ -35,6 +35,3 @@ class SessionCreator(StatementBatcher[NewSession, asyncpg.Record | None]):
             driver: asyncpg.Connection = raw.driver_connection
             # no transaction begun: the one statement commits on its own
             return await transitions.insert_queued(driver, list(items))
-
-    async def write_one(self, item: NewSession) -> asyncpg.Record | None:
-        return (await self.write_batch([item]))[0]
