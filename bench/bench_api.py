@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 
+import httpx
 import psutil
 from common import ROOT, bench_database, machine, wait_ready
 
@@ -55,6 +56,19 @@ def cpu_seconds(pid: int) -> dict[int, float]:
     processes of `serve --processes N`) have used so far, by pid."""
     process = psutil.Process(pid)
     return {p.pid: sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)]}
+
+
+def writes_per_statement(metrics_url: str) -> str:
+    """Mean writes per group-commit statement by kind (`agent_group_commit_writes`), from
+    the /metrics of whichever API process answers."""
+    text = httpx.get(metrics_url, timeout=10).text
+    sums = dict(re.findall(r'agent_group_commit_writes_sum\{kind="(\w+)"\} ([\d.e+]+)', text))
+    counts = dict(re.findall(r'agent_group_commit_writes_count\{kind="(\w+)"\} ([\d.e+]+)', text))
+    return ", ".join(
+        f"{kind} {float(sums[kind]) / float(count):.1f}"
+        for kind, count in sorted(counts.items())
+        if float(count) and kind in sums
+    )
 
 
 def main(args: argparse.Namespace) -> None:
@@ -118,6 +132,7 @@ def main(args: argparse.Namespace) -> None:
             cpu_after = cpu_seconds(server.pid)
             per_process = {pid: cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after}
             server_cpu = sum(per_process.values())
+            batching = writes_per_statement(f"http://127.0.0.1:{args.port}/metrics")
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -140,6 +155,8 @@ def main(args: argparse.Namespace) -> None:
         # CPU per request is steadier than requests/s on a shared machine: other load
         # slows the server down but does not make a request cost more CPU.
         print(f"   server CPU {1000 * server_cpu / int(total.group(1)):.2f} ms per request")
+    if batching:
+        print(f"   writes per statement (one process's /metrics): {batching}")
     if args.processes > 1:
         # The API processes share one listening socket: which takes each of wrk's
         # connections is up to the kernel, so their load can be uneven.

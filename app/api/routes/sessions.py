@@ -46,7 +46,7 @@ async def create_session(
     scope: Scope,
     context: Context,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> JSONResponse:
+) -> Response:
     if idempotency_key is not None:
         stored = await idempotency.claim_key(
             scope.db, principal.tenant, CREATE_SCOPE, idempotency_key, body.model_dump(mode="json")
@@ -62,11 +62,16 @@ async def create_session(
         allowlist=context.settings.outbound_allowlist,
         creator=context.session_creator,
     )
-    content = session.model_dump(mode="json")
-    if idempotency_key is not None:
-        await idempotency.store(
-            scope.db, principal.tenant, CREATE_SCOPE, idempotency_key, 202, content, session.id
+    if idempotency_key is None:  # straight to JSON text (no dict, no json.dumps)
+        return Response(
+            session.model_dump_json(),
+            status_code=status.HTTP_202_ACCEPTED,
+            media_type="application/json",
         )
+    content = session.model_dump(mode="json")
+    await idempotency.store(
+        scope.db, principal.tenant, CREATE_SCOPE, idempotency_key, 202, content, session.id
+    )
     return JSONResponse(content, status_code=status.HTTP_202_ACCEPTED)
 
 
