@@ -72,7 +72,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": 30,
     }
     if args.processes > 1:
-        # uvicorn starts the processes; each builds its own app from the environment
+        from app.api.processes import ProcessGroup
+
+        # each process builds its own app from the environment
         os.environ.update(
             {
                 "DATABASE_URL": database_url,
@@ -80,8 +82,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                 SERVE_WORKERS_ENV: str(args.workers),
             }
         )
-        uvicorn.run("app.main:create_served_app", factory=True, workers=args.processes, **options)
-        return 0
+        group = ProcessGroup(
+            options, args.processes, log_level=settings.log_level, log_json=settings.log_json
+        )
+        return group.run()
     context = build_context(settings, database_url=database_url, redis_url=redis_url)
     uvicorn.run(create_app(settings, context=context, workers=args.workers), **options)
     return 0
@@ -195,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--processes",
         type=int,
         default=1,
-        help="API processes sharing the port (each with --workers slots of its own)",
+        help="API processes on the port, each with its own socket (SO_REUSEPORT) and --workers slots",
     )
     serve.set_defaults(handler=cmd_serve)
 

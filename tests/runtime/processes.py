@@ -99,8 +99,9 @@ class ServeProcess:
         *,
         workers: int = 2,
         processes: int = 1,
+        port: int | None = None,
     ) -> None:
-        self.port = 18000 + (os.getpid() * 7 + int(time.time() * 1000)) % 2000
+        self.port = port or 18000 + (os.getpid() * 7 + int(time.time() * 1000)) % 2000
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ, "ENVIRONMENT": "test", "AUTH_JWT_SECRET": TEST_JWT_SECRET,
