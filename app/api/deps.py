@@ -153,10 +153,11 @@ async def get_principal(request: Request, response: Response) -> Principal:
     if context.rate_limiter.enabled:
         state = await context.rate_limiter.check(principal.tenant, principal.sub)
         response.headers.update(state.headers())
-    db = _request_session(request)
-    await context.tenants.ensure(db, principal.tenant)
     tenant = principal.tenant
-    db.info.setdefault("after_commit", []).append(lambda: context.tenants.remember(tenant))
+    if not context.tenants.knows(tenant):
+        db = _request_session(request)
+        await context.tenants.ensure(db, tenant)
+        db.info.setdefault("after_commit", []).append(lambda: context.tenants.remember(tenant))
     request.scope[_PRINCIPAL_KEY] = principal
     return principal
 

@@ -16,6 +16,10 @@ class TenantRegistry:
         self.defaults = defaults
         self._known: set[str] = set()
 
+    def knows(self, tenant_id: str) -> bool:
+        """True once a transaction that ensured `tenant_id` has committed in this process."""
+        return tenant_id in self._known
+
     async def ensure(self, db: AsyncSession, tenant_id: str) -> None:
         """Make sure the tenant row exists, inside the caller's transaction."""
         if tenant_id in self._known:
