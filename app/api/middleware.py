@@ -8,10 +8,12 @@ as soon as it passes the limit.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import time
-import uuid
 
+from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,30 +42,31 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        supplied = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        supplied, declared = "", None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                supplied = value.decode("latin-1")
+            elif name == b"content-length":
+                declared = value
+        request_id = supplied if _REQUEST_ID.match(supplied) else os.urandom(16).hex()
+        request_id_header = (b"x-request-id", request_id.encode("latin-1"))
         token = request_id_var.set(request_id)
         started = time.perf_counter()
-        status_holder = {"status": 500}
+        status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-request-id", request_id.encode("latin-1")),
-                ]
+                status, response_started = message["status"], True
+                message["headers"] = [*message.get("headers", ()), request_id_header]
             await send(message)
 
         try:
-            declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 await self._too_large(scope, receive, send_with_id)
                 return
             received = 0
-            response_started = False
 
             async def limited_receive() -> Message:
                 nonlocal received
@@ -74,25 +77,14 @@ class RequestContextMiddleware:
                         raise _BodyTooLarge(self.max_body_bytes)
                 return message
 
-            async def tracking_send(message: Message) -> None:
-                nonlocal response_started
-                if message["type"] == "http.response.start":
-                    response_started = True
-                await send_with_id(message)
-
             try:
-                await self.app(scope, limited_receive, tracking_send)
+                await self.app(scope, limited_receive, send_with_id)
             except _BodyTooLarge:
                 if response_started:
                     raise
                 await self._too_large(scope, receive, send_with_id)
         finally:
-            route = _route_template(scope)
-            method = scope["method"]
-            metrics.HTTP_REQUESTS.labels(route, method, str(status_holder["status"])).inc()
-            metrics.HTTP_REQUEST_SECONDS.labels(route, method).observe(
-                time.perf_counter() - started
-            )
+            _observe(_route_template(scope), scope["method"], status, started)
             request_id_var.reset(token)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,6 +96,22 @@ class RequestContextMiddleware:
             instance=scope.get("path"),
         )
         await response(scope, receive, send)
+
+
+@functools.lru_cache(maxsize=1024)
+def _metrics_of(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    """The labelled children for one (route, method, status): `labels()` costs a lock and
+    a validation per call; routes and status codes are few."""
+    return (
+        metrics.HTTP_REQUESTS.labels(route, method, str(status)),
+        metrics.HTTP_REQUEST_SECONDS.labels(route, method),
+    )
+
+
+def _observe(route: str, method: str, status: int, started: float) -> None:
+    requests, seconds = _metrics_of(route, method, status)
+    requests.inc()
+    seconds.observe(time.perf_counter() - started)
 
 
 def _route_template(scope: Scope) -> str:
