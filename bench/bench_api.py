@@ -6,6 +6,10 @@ refused), the database pool sized to the connections. Prints requests/s, latency
 server's CPU time per request (steadier than requests/s on a shared machine).
 
   .venv/bin/python bench/bench_api.py [--seconds 10] [--connections 64] [--processes 1]
+                                      [--no-reference]
+
+Then, unless --no-reference, the same load against a bare FastAPI endpoint (bare_app.py, one
+process) for the ratio: the framework's own cost in the same sitting.
 
 Needs `wrk` (Debian package `wrk`; installed here if missing and we are root).
 """
@@ -69,6 +73,31 @@ def writes_per_statement(metrics_url: str) -> str:
         for kind, count in sorted(counts.items())
         if float(count) and kind in sums
     )
+
+
+def bare_fastapi_rps(wrk: str, args: argparse.Namespace) -> float:
+    """Requests/s of `bare_app.py` under the same load as ours, right after ours."""
+    port = args.port + 1
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port), "--loop", "uvloop",
+         "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+        cwd=ROOT / "bench", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz")
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+            script.write(WRK_SCRIPT % "none")
+        base = [wrk, "-t", "1", "-c", str(args.connections), "-s", script.name,
+                f"http://127.0.0.1:{port}/v1/sessions"]  # fmt: skip
+        subprocess.run([*base[:1], "-d", "3s", *base[1:]], capture_output=True)  # warm-up
+        output = subprocess.run(
+            [*base[:1], "-d", f"{args.seconds}s", *base[1:]], capture_output=True, text=True
+        ).stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    found = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    return float(found.group(1)) if found else float("nan")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -157,6 +186,17 @@ def main(args: argparse.Namespace) -> None:
         print(f"   server CPU {1000 * server_cpu / int(total.group(1)):.2f} ms per request")
     if batching:
         print(f"   writes per statement (one process's /metrics): {batching}")
+    if args.reference and rps:
+        bare = bare_fastapi_rps(wrk, args)
+        print(
+            f"   reference, a bare FastAPI endpoint (bare_app.py, 1 process, same wrk): {bare:.0f} requests/s;"
+            f" ours is {100 * float(rps.group(1)) / bare:.0f}% of it"
+        )
+        # The issue's target, 2,000/s, was set where the bare endpoint served ~6,900/s.
+        print(
+            f"   the target at this sitting's speed: 2,000 x {bare:.0f} / 6,900 = {2000 * bare / 6900:.0f} requests/s"
+            f" ({100 * 2000 / 6900:.0f}% of the bare endpoint)"
+        )
     if args.processes > 1:
         # The API processes share one listening socket: which takes each of wrk's
         # connections is up to the kernel, so their load can be uneven.
@@ -170,4 +210,10 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--processes", type=int, default=1, help="serve --processes N")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the bare FastAPI endpoint run after ours",
+    )
     main(parser.parse_args())
