@@ -6,7 +6,8 @@
 a. per-turn platform overhead at concurrency 1 (one in-process worker slot);
 b. throughput at concurrency 50 with 2 worker processes (25 slots each);
 c. N sessions at once with a 200 ms model, 2 worker processes: wall vs ideal 0.8 s, peak RSS;
-d. per session: commits, WAL fsyncs, WAL bytes, rows and bytes of session state.
+d. per session: commits, WAL fsyncs, WAL bytes, rows and bytes of session state;
+and PostgreSQL's floor in the same sitting: sequential one-row INSERT commits.
 
 Sessions are enqueued by one statement shaped like POST /v1/sessions' insert (a row, its
 first event, a NOTIFY) but without its audit entry and without HTTP: the API has its own
@@ -168,6 +169,22 @@ async def setup(database_url: str, settings: Settings) -> dict[int, tuple[str, s
             agents[delay] = (agent.agent_id, agent.name, view.version)
     await engine.dispose()
     return agents
+
+
+async def commit_floor_ms(database_url: str, n: int = 300) -> float:
+    """PostgreSQL's floor here: the p50 of `n` sequential one-row INSERT commits (the
+    issue's reference: ~0.28 ms per durable commit, sequential)."""
+    conn = await connect(database_url)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (n int)")
+        times = []
+        for i in range(n + 30):
+            started = time.perf_counter()
+            await conn.execute("INSERT INTO bench_floor VALUES ($1)", i)
+            times.append((time.perf_counter() - started) * 1000)
+        return pct(times[30:], 50)
+    finally:
+        await conn.close()
 
 
 async def phase_sequential(
@@ -333,6 +350,7 @@ async def run(args: argparse.Namespace, settings: Settings, database_url: str) -
     if args.seq:
         await phase_sequential(database_url, settings, agents[0], 20)  # warm-up
         a = await phase_sequential(database_url, settings, agents[0], args.seq)
+        a["commit_floor_ms"] = await commit_floor_ms(database_url)
         print(f"a. {args.seq} sessions sequentially (concurrency 1), instant model")
         print(
             f"   end-to-end ms/session (enqueue → completed): p50 {a['e2e_p50']:.2f}  p99 {a['e2e_p99']:.2f}  mean {a['e2e_mean']:.2f}"
@@ -342,6 +360,11 @@ async def run(args: argparse.Namespace, settings: Settings, database_url: str) -
         )
         print(
             f"   in-worker ms/session (claim → completed):    p50 {a['worker_p50']:.2f}  p99 {a['worker_p99']:.2f}"
+        )
+        floor = a["commit_floor_ms"]
+        print(
+            f"   PostgreSQL floor: a one-row INSERT commit p50 {floor:.3f} ms; a session's"
+            f" {a['fsyncs']:.0f} durable commits at that floor = {a['fsyncs'] * floor / TURNS:.3f} ms/turn"
         )
         print(
             f"d. per session: {a['commits']:.1f} commits, {a['fsyncs']:.1f} WAL fsyncs, {a['wal_bytes'] / 1024:.1f} KiB WAL,"

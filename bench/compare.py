@@ -99,6 +99,8 @@ def run_ours(args: argparse.Namespace) -> list[dict[str, Any]]:
             {
                 "turn_ms": a["e2e_p50"] / 4,
                 "turn_p99_ms": a["e2e_p99"] / 4,
+                "commit_floor_ms": a["commit_floor_ms"],
+                "floor_turn_ms": a["fsyncs"] * a["commit_floor_ms"] / 4,
                 "turns_per_s": b["turns_per_s"],
                 "wall_500": big["500"]["wall"],
                 "wall_2000": big["2000"]["wall"],
@@ -116,6 +118,8 @@ def run_ours(args: argparse.Namespace) -> list[dict[str, Any]]:
 MEASURES = (
     ("turn_ms", "a. ms per turn, concurrency 1, p50", True),
     ("turn_p99_ms", "a. ms per turn, p99", True),
+    ("commit_floor_ms", "a. PostgreSQL floor: one-row commit, ms", True),
+    ("floor_turn_ms", "a. our durable commits at that floor, ms per turn", True),
     ("turns_per_s", "b. turns/s at concurrency 50", False),
     ("wall_500", "c. 500 sessions, 200 ms model: wall s", True),
     ("wall_2000", "c. 2,000 sessions: wall s", True),
