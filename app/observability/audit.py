@@ -138,10 +138,25 @@ def _clean_text(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4096)
+def _clean_key(key: str) -> tuple[str, bool]:
+    """A mapping key as stored, and whether it names a credential (keys are few)."""
+    return _clean_text(key), is_secret_key(key)
+
+
 def clean_payload(value: Any) -> Any:
     """`value` as the audit log stores it: plain JSON whose hash survives a round trip
     through jsonb (integral floats become ints; non-finite floats, dates and other objects
     become text), with credentials replaced by "[redacted]" (by key name and by value)."""
+    kind = type(value)  # the common exact types first; subclasses take the general path
+    if kind is str:
+        return _clean_text(value)
+    if kind is dict:
+        cleaned: dict[str, Any] = {}
+        for key, item in value.items():
+            text, secret = _clean_key(key if type(key) is str else str(key))
+            cleaned[text] = REDACTED if secret else clean_payload(item)
+        return cleaned
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
@@ -180,6 +195,12 @@ def payload_hash(payload: Any) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=256)
+def _utc_text(at: datetime) -> str:
+    """`at` as the hash covers it (the entries of a batch share one instant)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def entry_hash(
     *,
     tenant_id: str,
@@ -194,7 +215,7 @@ def entry_hash(
     """SHA-256 (hex) of the netstrings (`<byte length>:<bytes>,`) of the entry's fields."""
     fields = (
         "audit/v1", tenant_id, session_id or "", str(chain_seq), actor, action,
-        created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), payload_hash, prev_hash,
+        _utc_text(created_at), payload_hash, prev_hash,
     )  # fmt: skip
     encoded = b"".join(b"%d:%s," % (len(data), data) for data in (f.encode() for f in fields))
     return hashlib.sha256(encoded).hexdigest()
