@@ -25,9 +25,10 @@ from multiprocessing.context import SpawnProcess
 from types import FrameType
 from typing import Any
 
+from uvicorn.config import STARTUP_FAILURE  # the exit code of an app that failed to start
+
 logger = logging.getLogger(__name__)
 
-STARTUP_FAILURE = 3  # uvicorn's exit code for an app that failed to start
 _POLL_SECONDS = 0.2
 _RESTART_PAUSE_SECONDS = 1.0  # between a death and the restart: no busy loop of crashes
 
