@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from app.agents.schemas import OfflineScript
+from app.db.payloads import compact_json
 from app.llm.model import ModelRequest, ModelResponse, TokenUsage
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(input(?:\.[A-Za-z0-9_-]+)*)\s*\}\}")
@@ -58,7 +59,7 @@ def fill(template: Any, session_input: Any) -> Any:
 
 
 def _estimate_tokens(value: Any) -> int:
-    return max(1, len(json.dumps(value, default=str)) // 4)
+    return max(1, len(compact_json(value)) // 4)
 
 
 def _summary(request: ModelRequest) -> str:

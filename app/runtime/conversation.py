@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.db.payloads import compact_json
 from app.llm.model import ContentBlock, Message
 from app.policy.injection import wrap_untrusted
 from app.runtime.store import ToolCallRecord
@@ -34,7 +35,7 @@ def tool_result_block(record: ToolCallRecord, tools: dict[str, ToolSpec]) -> Con
         if spec is not None:
             content, _ = render_for_model(spec, record.result)
         else:
-            content = wrap_untrusted(json.dumps(record.result), f"tool:{record.tool}")
+            content = wrap_untrusted(compact_json(record.result), f"tool:{record.tool}")
         return {"type": "tool_result", "tool_use_id": record.tool_use_id, "content": content}
     message = record.error or f"{record.tool} {record.status}"
     return {

@@ -6,13 +6,13 @@ with untrusted output, the audit records of a run, and the credentials a tool ca
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
 from app.credentials import service as credentials
+from app.db.payloads import compact_json
 from app.hitl.service import arguments_hash, decided_for, request_approval
 from app.llm.model import ModelResponse
 from app.observability import metrics
@@ -238,7 +238,7 @@ class GuardrailSteps:
         if record.status != "succeeded" or (spec is not None and spec.trusted):
             return []
         self.taint.untrusted = True
-        text = record.result if isinstance(record.result, str) else json.dumps(record.result)
+        text = record.result if isinstance(record.result, str) else compact_json(record.result)
         flags = scan(text or "")
         if flags:
             self.taint.flagged = True

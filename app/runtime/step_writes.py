@@ -39,6 +39,9 @@ class StepWrites:
         if not self._writing:
             return
         writing, self._writing = self._writing, []
+        if len(writing) == 1:  # the usual case, without gather's machinery
+            await writing[0]
+            return
         for outcome in await asyncio.gather(*writing, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome

@@ -7,9 +7,9 @@ are re-run when idempotent and reported `unknown` otherwise.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
+from app.db.payloads import compact_json
 from app.observability.audit import AuditAction
 from app.runtime.conversation import Conversation, tool_result_block
 from app.runtime.guardrail_steps import GuardrailSteps
@@ -38,9 +38,11 @@ class ToolSteps(StepWrites, GuardrailSteps):
         settled = [r for r in records if r.status not in ("started", "awaiting_approval")]
         for record in settled:
             self.detector.add(Call.of(record.tool, record.arguments, True))
-        results = await asyncio.gather(
-            *(self._run_one(r) for r in records if r.status == "started")
-        )
+        starting = [r for r in records if r.status == "started"]
+        if len(starting) == 1:  # the usual case, without gather's machinery
+            results = [await self._run_one(starting[0])]
+        else:
+            results = await asyncio.gather(*(self._run_one(r) for r in starting))
         by_id = {r.tool_use_id: r for r in [*settled, *results]}
         # Calls parked for a reviewer get their results when they settle (after the claim
         # that follows the decision); the others' results are in the ledger already.
@@ -89,7 +91,7 @@ class ToolSteps(StepWrites, GuardrailSteps):
     async def _record_result(self, record: ToolCallRecord, duration_ms: float) -> None:
         # The event carries a short preview; the whole result is in the tool-call ledger.
         shown = record.error if record.result is None else record.result
-        preview = shown if isinstance(shown, str) else json.dumps(shown, default=str)
+        preview = shown if isinstance(shown, str) else compact_json(shown)
         event: dict[str, Any] = {
             "tool_use_id": record.tool_use_id,
             "tool": record.tool,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,11 +24,13 @@ from anyio import to_thread
 from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential_jitter,
 )
 
+from app.db.payloads import compact_json
 from app.policy.injection import wrap_untrusted
 from app.tools.spec import (
     ToolContext,
@@ -77,34 +78,16 @@ def validate_arguments(spec: ToolSpec, arguments: Any) -> dict[str, Any]:
             )
             raise ToolInputError(f"invalid input for {spec.name}: {problems}") from exc
         return validated
-    error = jsonschema.exceptions.best_match(_validator(spec.input_schema).iter_errors(arguments))
+    error = jsonschema.exceptions.best_match(spec.input_validator.iter_errors(arguments))
     if error is not None:
         path = ".".join(str(part) for part in error.absolute_path) or "(input)"
         raise ToolInputError(f"invalid input for {spec.name}: {path}: {error.message}")
     return arguments
 
 
-_VALIDATORS: dict[str, Any] = {}
-
-
-def _validator(schema: dict[str, Any]) -> Any:
-    """A compiled validator per schema. `jsonschema.validate` re-checks the schema against
-    its meta-schema on every call, which cost more than the rest of a turn."""
-    key = json.dumps(schema, sort_keys=True)
-    validator = _VALIDATORS.get(key)
-    if validator is None:
-        cls = jsonschema.validators.validator_for(schema)
-        validator = _VALIDATORS[key] = cls(schema)
-    return validator
-
-
 def render_for_model(spec: ToolSpec, result: Any) -> tuple[str, bool]:
     """JSON text of the result, capped at the tool's output size, wrapped as untrusted data."""
-    text = (
-        result
-        if isinstance(result, str)
-        else json.dumps(result, default=str, separators=(",", ":"))
-    )
+    text = result if isinstance(result, str) else compact_json(result)
     truncated = len(text.encode()) > spec.max_output_bytes
     if truncated:
         text = text.encode()[: spec.max_output_bytes].decode(errors="ignore") + " …[truncated]"
@@ -125,6 +108,29 @@ async def _call_once(spec: ToolSpec, arguments: dict[str, Any], context: ToolCon
             )
     except TimeoutError as exc:
         raise _Timeout(f"timed out after {spec.timeout_seconds:g}s") from exc
+
+
+def _retries(spec: ToolSpec) -> AsyncRetrying:
+    """Attempts 2 to `max_attempts` of an idempotent tool's call, after the first failed
+    transiently: exponential back-off with jitter, `base_delay` (plus up to as much jitter)
+    before the first retry, doubling up to `max_delay`."""
+    policy = spec.retry
+    backoff = wait_exponential_jitter(
+        multiplier=policy.base_delay_seconds,
+        max=policy.max_delay_seconds,
+        jitter=policy.base_delay_seconds,
+    )
+
+    async def back_off(state: RetryCallState) -> None:
+        # The n-th retry (its number in this loop: n) waits what attempt n's failure earns.
+        await asyncio.sleep(backoff(state))
+
+    return AsyncRetrying(
+        stop=stop_after_attempt(policy.max_attempts - 1),
+        before=back_off,
+        retry=retry_if_exception_type((TransientToolError, _Timeout)),
+        reraise=True,
+    )
 
 
 async def execute(spec: ToolSpec, arguments: dict[str, Any], context: ToolContext) -> ToolOutcome:
@@ -149,23 +155,18 @@ async def execute(spec: ToolSpec, arguments: dict[str, Any], context: ToolContex
             truncated,
         )
 
-    retryable: tuple[type[BaseException], ...] = (
-        (TransientToolError, _Timeout) if spec.idempotent else ()
-    )
     try:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(spec.retry.max_attempts if spec.idempotent else 1),
-            wait=wait_exponential_jitter(
-                multiplier=spec.retry.base_delay_seconds,
-                max=spec.retry.max_delay_seconds,
-                jitter=spec.retry.base_delay_seconds,
-            ),
-            retry=retry_if_exception_type(retryable),
-            reraise=True,
-        ):
-            with attempt:
-                attempts += 1
-                result = await _call_once(spec, arguments, context)
+        try:
+            attempts = 1
+            result = await _call_once(spec, arguments, context)
+        except (TransientToolError, _Timeout):
+            if not spec.idempotent or spec.retry.max_attempts < 2:
+                raise
+            # Rare, so the retry machinery is only built here (it costs more than a fast tool).
+            async for attempt in _retries(spec):
+                with attempt:
+                    attempts += 1
+                    result = await _call_once(spec, arguments, context)
     except (_Timeout, ToolOutcomeUnknown) as exc:
         if spec.idempotent:
             return outcome(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
+import jsonschema
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -59,6 +61,12 @@ class ToolSpec:
     accepts_credential: bool = False
     compensation: str | None = None
     builtin: bool = True
+
+    @cached_property
+    def input_validator(self) -> Any:
+        """`input_schema` compiled once (`jsonschema.validate` re-checks a schema against its
+        meta-schema on every call, which cost more than the rest of a turn)."""
+        return jsonschema.validators.validator_for(self.input_schema)(self.input_schema)
 
     def model_view(self) -> dict[str, Any]:
         """The tool as the model sees it (Anthropic `tools` entry)."""
