@@ -148,6 +148,7 @@ _COMPILED = tuple(
     (name, re.compile(pattern, re.MULTILINE), _KEYWORDS[name])
     for name, pattern in _PATTERNS.items()
 )
+_ALL_KEYWORDS = frozenset(keyword for keywords in _KEYWORDS.values() for keyword in keywords)
 # Letters that case-insensitive matching treats as ASCII but NFKC leaves alone.
 _CONFUSABLES = str.maketrans({"\u0131": "i", "\u0130": "I"})
 _JSON_ESCAPES = re.compile(r"(?:\\u[0-9a-fA-F]{4})+")
@@ -187,8 +188,10 @@ def _scan(text: str, *, prefilter: bool) -> list[InjectionFlag]:
         flags.append(InjectionFlag("hidden_text", hidden.start(), _excerpt(unescaped, hidden)))
     folded = _fold(unescaped)
     lowered = folded.lower()
+    # Each keyword looked for once (patterns share many), not once per pattern.
+    present = {keyword for keyword in _ALL_KEYWORDS if keyword in lowered} if prefilter else None
     for name, regex, keywords in _COMPILED:
-        if prefilter and not any(keyword in lowered for keyword in keywords):
+        if present is not None and present.isdisjoint(keywords):
             continue
         match = regex.search(lowered)
         if match is not None:
