@@ -217,8 +217,8 @@ def entry_hash(
         "audit/v1", tenant_id, session_id or "", str(chain_seq), actor, action,
         _utc_text(created_at), payload_hash, prev_hash,
     )  # fmt: skip
-    encoded = b"".join(b"%d:%s," % (len(data), data) for data in (f.encode() for f in fields))
-    return hashlib.sha256(encoded).hexdigest()
+    netstrings = "".join([f"{len(f) if f.isascii() else len(f.encode())}:{f}," for f in fields])
+    return hashlib.sha256(netstrings.encode()).hexdigest()
 
 
 # --- Append ----------------------------------------------------------------------------------

@@ -99,20 +99,16 @@ def linked_batch_arguments(
 ) -> tuple[list[Any], list[ChainHead]]:
     """The nine parameters of `linked_batch_insert_ctes` for each step's entries (the k-th
     step's chain after its head; k from 1), and each chain's head after them."""
-    columns: list[list[str]] = [[] for _ in range(8)]
+    rows: list[tuple[str, ...]] = []
     heads = []
     for k, (entries, head) in enumerate(steps, start=1):
-        arguments, after = linked_arguments(entries, head, at)
-        _, actors, actions, payload_hashes, prev_hashes, entry_hashes, payloads, _ = arguments
-        for ordinal in range(len(entries)):
-            values = (
-                str(k), str(head.seq + ordinal + 1), actors[ordinal], actions[ordinal],
-                payload_hashes[ordinal], prev_hashes[ordinal], entry_hashes[ordinal],
-                payloads[ordinal],
-            )  # fmt: skip
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
+        linked, after = _linked(entries, head, at)
+        step = str(k)
+        rows += [(step, str(row[0]), *row[1:]) for row in linked]
         heads.append(after)
+    columns = (
+        [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(8)]
+    )
     return [*columns, at], heads
 
 
@@ -121,31 +117,32 @@ def linked_arguments(
 ) -> tuple[list[Any], ChainHead]:
     """The eight parameters of `linked_insert_ctes` for `entries` (all on one session's
     chain) appended after `head` at `at`, and the chain's head after them."""
-    actors: list[str] = []
-    actions: list[str] = []
-    payload_hashes: list[str] = []
-    prev_hashes: list[str] = []
-    entry_hashes: list[str] = []
-    payloads: list[str] = []
+    linked, after = _linked(entries, head, at)
+    columns = (
+        [list(column) for column in zip(*linked, strict=True)] if linked else [[] for _ in range(7)]
+    )
+    return [head.seq, *columns[1:], at], after
+
+
+def _linked(
+    entries: Sequence[AuditRecord], head: ChainHead, at: datetime
+) -> tuple[list[tuple[Any, ...]], ChainHead]:
+    """Each entry linked after `head` at `at` — (chain_seq, actor, action, payload_hash,
+    prev_hash, entry_hash, payload text) — and the chain's head after them."""
+    linked = []
     seq, prev = head.seq, head.hash
     for entry in entries:
         text = canonical_json(clean_payload(entry.payload))
         digest = hashlib.sha256(text.encode()).hexdigest()
         seq += 1
-        linked = entry_hash(
+        action = entry.action.value
+        link = entry_hash(
             tenant_id=entry.tenant_id, session_id=entry.session_id, chain_seq=seq,
-            actor=entry.actor, action=entry.action.value, created_at=at,
-            payload_hash=digest, prev_hash=prev,
+            actor=entry.actor, action=action, created_at=at, payload_hash=digest, prev_hash=prev,
         )  # fmt: skip
-        actors.append(entry.actor)
-        actions.append(entry.action.value)
-        payload_hashes.append(digest)
-        prev_hashes.append(prev)
-        entry_hashes.append(linked)
-        payloads.append(text)
-        prev = linked
-    arguments = [head.seq, actors, actions, payload_hashes, prev_hashes, entry_hashes, payloads, at]
-    return arguments, ChainHead(seq, prev)
+        linked.append((seq, entry.actor, action, digest, prev, link, text))
+        prev = link
+    return linked, ChainHead(seq, prev)
 
 
 def is_chain_conflict(exc: BaseException) -> bool:
