@@ -3,6 +3,7 @@ through. A row of another tenant is indistinguishable from a missing row (→ 40
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Select, select
@@ -23,9 +24,15 @@ class TenantScope:
     """A database session bound to one tenant. Repositories take one of these, never a bare
     session, for tenant-owned tables."""
 
-    def __init__(self, db: AsyncSession, tenant_id: str) -> None:
-        self.db = db
+    def __init__(self, db: AsyncSession | Callable[[], AsyncSession], tenant_id: str) -> None:
+        self._db = db  # or what makes it, on first use (a request that never queries)
         self.tenant_id = tenant_id
+
+    @property
+    def db(self) -> AsyncSession:
+        if not isinstance(self._db, AsyncSession):
+            self._db = self._db()
+        return self._db
 
     def select(self, model: type[ModelT]) -> Select[ModelT]:
         """`SELECT model WHERE tenant_id = <this tenant>`; extend it with more filters."""
