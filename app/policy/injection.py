@@ -219,8 +219,8 @@ def wrap_untrusted(text: str, source: str) -> str:
 
 
 def _unescape_json(text: str) -> str:
-    """JSON `\\uXXXX` escapes (json.dumps writes every non-ASCII character so) as the
-    characters a model reads them as."""
+    """JSON `\\uXXXX` escapes (JSON text from a tool or an API may spell any character so)
+    as the characters a model reads them as."""
     if "\\u" not in text:
         return text
     return _JSON_ESCAPES.sub(_unescaped, text)
